@@ -1,0 +1,139 @@
+"""The saved model: ``model.safetensors`` + ``graft_model.json`` (+ tokenizer files for text).
+
+Never a pickle of the training objects: weights through safetensors, everything else as JSON
+(label map, preprocessing, backbone spec, plan, metrics). A model folder is self-contained, so
+``graft eval`` and ``graft predict`` need neither the hub nor the original config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graft.checkpoint import atomic_write, atomic_write_text
+from graft.data.types import Examples, LabelMap
+from graft.errors import DataError
+from graft.models import Backbone, rebuild
+from graft.models.hf_backbone import save_tokenizer
+
+WEIGHTS = "model.safetensors"
+META = "graft_model.json"
+FORMAT_VERSION = 1
+
+
+def save_model(
+    folder: Path,
+    backbone: Backbone,
+    label_map: LabelMap,
+    *,
+    plan: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    """Write the model folder; the JSON is written last, so a folder with a JSON is complete."""
+    from safetensors.torch import save
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.state_dict().items()}
+    atomic_write(folder / WEIGHTS, lambda f: f.write(save(state)))
+    if backbone.tokenizer is not None:
+        save_tokenizer(backbone.tokenizer, folder / "tokenizer")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "labels": list(label_map.names),
+        "backbone": backbone.spec,
+        "preprocess": backbone.preprocess.to_dict(),
+        "plan": plan,
+        "metrics": metrics or {},
+    }
+    atomic_write_text(folder / META, json.dumps(meta, indent=1))
+
+
+@dataclass
+class LoadedModel:
+    """A saved model ready for evaluation and prediction."""
+
+    backbone: Backbone
+    label_map: LabelMap
+    meta: dict[str, Any]
+    folder: Path
+
+    @property
+    def modality(self) -> str:
+        return self.backbone.modality
+
+    def logits(self, examples: Examples, batch_size: int = 64) -> torch.Tensor:
+        from graft.pipeline import Loaders
+        from graft.runtime import no_grad_eval
+
+        loaders = Loaders(self.backbone.preprocess, self.backbone.tokenizer, False, 0, 0)
+        out = []
+        model = self.backbone.model
+        with no_grad_eval(model):
+            for batch in loaders.loader(examples, None, batch_size, shuffle=False):
+                out.append(model(**batch["inputs"]).float())
+        return torch.cat(out) if out else torch.empty(0, len(self.label_map))
+
+    def evaluate(self, examples: Examples, batch_size: int = 64) -> dict[str, Any]:
+        """Classification metrics on labeled examples (labels must be among the model's)."""
+        from graft.metrics import classification_metrics
+
+        targets = self.label_map.encode(examples.labels, examples.origin)
+        logits = self.logits(examples, batch_size)
+        loss = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets)))
+        preds = logits.argmax(1).numpy()
+        return classification_metrics(targets, preds, list(self.label_map.names), loss=loss)
+
+    def predict(self, examples: Examples) -> list[dict[str, Any]]:
+        """Per example: the predicted label, its probability, and all class probabilities."""
+        probs = self.logits(examples).softmax(1).numpy()
+        best = probs.argmax(1)
+        return [
+            {
+                "label": self.label_map.names[int(b)],
+                "probability": float(p[b]),
+                "probabilities": {
+                    n: float(x) for n, x in zip(self.label_map.names, p, strict=True)
+                },
+            }
+            for b, p in zip(best, probs, strict=True)
+        ]
+
+
+def load_model(folder: str | Path) -> LoadedModel:
+    """Load a model folder written by :func:`save_model` (or a run folder containing ``model/``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / "model" / META).is_file():
+        folder = folder / "model"
+    meta_path = folder / META
+    if not meta_path.is_file():
+        raise DataError(
+            f"{folder}: not a graft model folder (no {META})",
+            hint="give a run directory or its model/ folder written by `graft fit`",
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        labels, spec, prep = meta["labels"], meta["backbone"], meta["preprocess"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+        raise DataError(f"{meta_path}: malformed model description ({e})") from None
+    tokenizer_dir = folder / "tokenizer" if (folder / "tokenizer").is_dir() else None
+    backbone = rebuild(spec, prep, tokenizer_dir)
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, FileNotFoundError, OSError) as e:
+        raise DataError(f"{folder / WEIGHTS}: unreadable weights ({e})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise DataError(f"{folder / WEIGHTS}: NaN or Inf in {bad[:3]}")
+    try:
+        backbone.model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise DataError(f"{folder / WEIGHTS}: weights do not fit the architecture ({e})") from None
+    backbone.model.eval()
+    return LoadedModel(backbone, LabelMap(tuple(labels)), meta, folder)

@@ -1,0 +1,222 @@
+"""The ``graft`` command: one entry point, subcommands.
+
+Exit codes: 0 success, 1 an internal error (a bug: a traceback is shown), 2 a usage mistake (bad
+command line, config field, unknown name), 3 a data problem (missing, corrupt or malformed file),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from graft.errors import GraftError, UsageError
+
+EXAMPLES = """\
+examples:
+  graft fit configs/fashion_mnist_lite0.yaml
+  graft fit configs/vader_minilm.yaml strategy.name=linear_probe optim.lr=3e-3 train.epochs=2
+  graft fit configs/vader_minilm.yaml --resume
+  graft eval runs/RUN --dataset vader_tweets
+  graft predict runs/RUN "a moving, beautifully shot film" "two hours I will never get back"
+  graft predict runs/RUN shoe.png shirt.png --json
+  graft list strategies
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 as well; keep our format
+        self.print_usage(sys.stderr)
+        raise UsageError(message, hint=f"see `{self.prog} --help`")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (a named set, or a file/folder)")
+    g.add_argument("--dataset", help="a named real dataset (see `graft list datasets`)")
+    g.add_argument("--split", help="the named set's split (default: test if it has one)")
+    g.add_argument("--path", help="an image folder, IDX images file, or CSV/TSV/JSONL file")
+    g.add_argument("--format", choices=["image_folder", "idx", "csv", "tsv", "jsonl"])
+    g.add_argument("--labels-path", help="the IDX labels file")
+    g.add_argument("--text-column", default="text")
+    g.add_argument("--label-column", default="label")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="graft",
+        description="Fine-tune pretrained models on your data; measure which strategy works best.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    fit = sub.add_parser(
+        "fit",
+        help="fine-tune a pretrained backbone as a YAML config says",
+        description="Fine-tune: load data and backbone, run the strategy's plan with evaluation "
+        "each epoch, keep the best epoch, evaluate on test and extra sets, save the model, and "
+        "write a report. Overrides are dotted key=value pairs, e.g. optim.lr=3e-4.",
+    )
+    fit.add_argument("config", help="the run config (YAML); see configs/")
+    fit.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    fit.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN_DIR",
+        help="continue an interrupted run (default: the newest unfinished one with this config)",
+    )
+    fit.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a saved model on a labeled dataset",
+        description="Accuracy, macro-F1, per-class scores and the confusion matrix of a saved "
+        "model on labeled data. The data's labels must be among the model's classes.",
+    )
+    ev.add_argument("model", help="a run directory or its model/ folder")
+    _add_data_options(ev)
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    pr = sub.add_parser(
+        "predict",
+        help="predict the class of images or texts with a saved model",
+        description="Each INPUT is an image file (image models) or a text (text models); for a "
+        "text model, `-` reads one text per line from standard input.",
+    )
+    pr.add_argument("model", help="a run directory or its model/ folder")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT")
+    pr.add_argument("--json", action="store_true", help="print predictions as JSON lines")
+
+    ls = sub.add_parser("list", help="list backbones families, strategies or datasets")
+    ls.add_argument("what", choices=["strategies", "datasets", "backbones"])
+    return parser
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from graft.run import fit
+
+    result = fit(args.config, args.overrides, resume=args.resume, quiet=args.quiet)
+    acc = result.test_accuracy
+    print(f"{result.run_dir}\ttest accuracy {acc:.4f}" if acc is not None else str(result.run_dir))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from graft.artifact import load_model
+    from graft.data import get_dataset, load_examples
+    from graft.metrics import summary_line
+
+    loaded = load_model(args.model)
+    split = args.split
+    if args.dataset and split is None:
+        split = "test" if "test" in get_dataset(args.dataset).splits else None
+    examples = load_examples(
+        dataset=args.dataset,
+        split=split,
+        format=args.format,
+        path=args.path,
+        labels_path=args.labels_path,
+        text_column=args.text_column,
+        label_column=args.label_column,
+    )
+    metrics = loaded.evaluate(examples)
+    names = list(loaded.label_map.names)
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    print(f"{examples.origin}: {summary_line(metrics)}")
+    width = max(len(n) for n in names)
+    print(f"{'class':<{width}}  precision  recall      f1  support")
+    for name in names:
+        c = metrics["per_class"][name]
+        print(
+            f"{name:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  "
+            f"{c['support']:7d}"
+        )
+    return 0
+
+
+def _read_inputs(model_modality: str, inputs: Sequence[str]) -> tuple[list[str], object]:
+    from graft.data.types import Examples
+
+    if model_modality == "text":
+        texts: list[str] = []
+        for item in inputs:
+            texts += (
+                [line.rstrip("\n") for line in sys.stdin if line.strip()] if item == "-" else [item]
+            )
+        return texts, Examples("text", texts, ["?"] * len(texts), "command line")
+    paths = [Path(p) for p in inputs]
+    from graft.data.images import load_image
+
+    for p in paths:
+        load_image(p)  # a clear error for a missing or corrupt file, before any work
+    return [str(p) for p in paths], Examples("image", paths, ["?"] * len(paths), "command line")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from graft.artifact import load_model
+
+    loaded = load_model(args.model)
+    shown, examples = _read_inputs(loaded.modality, args.inputs)
+    for item, pred in zip(shown, loaded.predict(examples), strict=True):  # type: ignore[arg-type]
+        if args.json:
+            print(json.dumps({"input": item, **pred}))
+        else:
+            print(f"{pred['label']}\t{pred['probability']:.3f}\t{item}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "strategies":
+        from graft.strategies import _STRATEGIES
+
+        for name, fn in sorted(_STRATEGIES.items()):
+            print(f"{name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    elif args.what == "datasets":
+        from graft.data import list_datasets
+
+        for info in list_datasets():
+            splits = ",".join(info.splits)
+            print(f"{info.name:16s} {info.modality:6s} splits: {splits:12s} {info.description}")
+    else:
+        from graft.models import families
+
+        print("families:", ", ".join(families()))
+        print("offline pretrained: tf_efficientnet_lite0 (timm), minilm (hf)")
+        print(
+            "any timm/torchvision model name, or hf:<hub id or folder>, works with pretrained=false"
+        )
+    return 0
+
+
+COMMANDS = {"fit": _cmd_fit, "eval": _cmd_eval, "predict": _cmd_predict, "list": _cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (also used by the console script)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except GraftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The typed run config: a YAML file plus dotted ``key=value`` overrides, validated once.
+
+Every field is declared here with its type and default; unknown keys are refused. Validation errors
+name the field path (``train.epochs``) and the file, and become :class:`graft.errors.UsageError`.
+Components never receive this object: the runner reads it and calls builders with plain keyword
+arguments (DESIGN.md, principle 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from graft.errors import UsageError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    """Where one set of labeled examples comes from: a named real dataset, or a file/folder."""
+
+    dataset: str | None = None
+    split: str | None = None
+    format: Literal["image_folder", "idx", "csv", "tsv", "jsonl"] | None = None
+    path: str | None = None
+    labels_path: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> SourceConfig:
+        if (self.dataset is None) == (self.path is None):
+            raise ValueError(
+                "give exactly one of `dataset` (a named set) or `path` (a file/folder)"
+            )
+        return self
+
+
+class DataConfig(_Strict):
+    """A run's data: train, optional validation/test/extra sets, splitting, preprocessing."""
+
+    train: SourceConfig
+    validation: SourceConfig | None = None
+    test: SourceConfig | None = None
+    extra_eval: dict[str, SourceConfig] = Field(default_factory=dict)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    train_size: int | None = Field(None, gt=0)
+    val_size: int | None = Field(None, gt=0)
+    test_size: int | None = Field(None, gt=0)
+    seed: int = 0
+    image_size: int | None = Field(None, ge=8, le=1024, description="default: the backbone's")
+    max_length: int = Field(128, ge=8, le=8192, description="tokens; longer texts are truncated")
+
+
+class BackboneConfig(_Strict):
+    """The pretrained network and the new head put on it."""
+
+    name: str
+    source: Literal["auto", "timm", "hf", "torchvision"] = "auto"
+    pretrained: bool = True
+    pooling: Literal["mean", "cls"] = "mean"
+    head_dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class StrategyConfig(BaseModel):
+    """A fine-tuning strategy by name; its own parameters sit beside ``name`` and are checked
+    against the strategy's signature when the plan is built."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "full"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimConfig(_Strict):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(32, gt=0)
+    eval_batch_size: int | None = Field(None, gt=0)
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    max_grad_norm: float | None = Field(None, gt=0)
+    metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    early_stopping_patience: int | None = Field(None, gt=0)
+    device: str = "auto"
+    threads: int | None = Field(None, gt=0, description="default: all cores")
+    num_workers: int = Field(0, ge=0)
+    channels_last: bool | None = Field(None, description="default: on for CNNs")
+    seed: int = 0
+    progress: bool = True
+
+
+class OutputConfig(_Strict):
+    dir: str = "runs"
+    name: str | None = None
+
+
+class RunConfig(_Strict):
+    """Everything one ``graft fit`` needs."""
+
+    backbone: BackboneConfig
+    data: DataConfig
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UsageError(f"{path}: config file not found", hint="give the path to a YAML config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise UsageError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"{path}: the config must be a mapping of sections, not {type(data).__name__}"
+        )
+    return data
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``3e-4``, ``true``,
+    ``[1, 2]``), so types follow the same rules as in the file."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UsageError(
+            f"malformed override {override!r}", hint="write overrides as dotted.key=value"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UsageError(f"override {override!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif "input" in e and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {field}: {msg}")
+    return f"{origin}: invalid config\n" + "\n".join(lines)
+
+
+def validate(data: dict[str, Any], origin: str = "config") -> RunConfig:
+    """Validate a config mapping; errors name each bad field."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise UsageError(_format_errors(e, origin)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config (or start empty), apply dotted overrides, validate."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    for override in overrides:
+        apply_override(data, override)
+    return validate(data, origin=str(path) if path is not None else "config")
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML, the form saved in every run directory."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

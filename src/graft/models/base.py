@@ -1,0 +1,175 @@
+"""What every backbone adapter produces: a model, its ordered layer groups, its preprocessing.
+
+The one idea of graft (docs/architecture.md) is that a strategy is a plan over layer groups; this
+module holds the group type, the classifier wrapper every adapter returns, and the registry of
+backbone families.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from graft.errors import UsageError
+
+Modality = Literal["image", "text"]
+
+
+class Head(nn.Module):
+    """The new classification head: dropout, then one linear layer."""
+
+    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(features))
+
+
+class GraftModel(nn.Module):
+    """A backbone body that maps inputs to pooled features, and a head on top.
+
+    ``forward(**inputs)`` takes the batch's model inputs by name (``pixel_values`` for images;
+    ``input_ids`` and ``attention_mask`` for text) and returns logits.
+    """
+
+    def __init__(self, body: nn.Module, head: Head, modality: Modality) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.modality = modality
+
+    def features(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.body(**inputs)
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(**inputs))
+
+
+@dataclass
+class LayerGroup:
+    """A named, ordered slice of the model's parameters (bottom to top; the head is last)."""
+
+    name: str
+    params: list[tuple[str, nn.Parameter]]
+
+    @property
+    def size(self) -> int:
+        return sum(p.numel() for _, p in self.params)
+
+
+@dataclass
+class ImagePreprocess:
+    """How raw images become model inputs; saved with the model and reused at predict time."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channels: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "image",
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "channels": self.channels,
+        }
+
+
+@dataclass
+class TextPreprocess:
+    """How raw text becomes model inputs: the backbone's tokenizer and a maximum length."""
+
+    max_length: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "text", "max_length": self.max_length}
+
+
+@dataclass
+class Backbone:
+    """An adapter's product: the model with its new head, its groups, and how to feed it.
+
+    ``spec`` is what :func:`graft.models.rebuild` needs to recreate the architecture without
+    pretrained weights (to load a saved model); ``tokenizer`` is set for text backbones;
+    ``is_cnn`` decides whether channels_last pays off.
+    """
+
+    model: GraftModel
+    groups: list[LayerGroup]
+    preprocess: ImagePreprocess | TextPreprocess
+    spec: dict[str, Any]
+    tokenizer: Any = None
+    is_cnn: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def modality(self) -> Modality:
+        return self.model.modality
+
+    def group_names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+
+def check_group_coverage(model: nn.Module, groups: list[LayerGroup]) -> None:
+    """Every parameter of ``model`` is in exactly one group, and the head group is last."""
+    seen: dict[int, str] = {}
+    for g in groups:
+        for name, p in g.params:
+            if id(p) in seen:
+                raise AssertionError(f"parameter {name} is in groups {seen[id(p)]} and {g.name}")
+            seen[id(p)] = g.name
+    missing = [n for n, p in model.named_parameters() if id(p) not in seen]
+    if missing:
+        raise AssertionError(f"parameters in no group: {missing[:5]}")
+    if not groups or groups[-1].name != "head":
+        raise AssertionError("the last layer group must be the head")
+    if len({g.name for g in groups}) != len(groups):
+        raise AssertionError(f"duplicate group names: {[g.name for g in groups]}")
+
+
+def groups_from_prefixes(
+    model: nn.Module, ordered: Iterable[tuple[str, list[str]]]
+) -> list[LayerGroup]:
+    """Groups given as (name, [parameter-name prefixes]); a parameter joins the first group one of
+    whose prefixes it starts with."""
+    ordered = list(ordered)
+    buckets: dict[str, list[tuple[str, nn.Parameter]]] = {name: [] for name, _ in ordered}
+    for pname, p in model.named_parameters():
+        for gname, prefixes in ordered:
+            if any(pname == pre or pname.startswith(pre + ".") for pre in prefixes):
+                buckets[gname].append((pname, p))
+                break
+    return [LayerGroup(name, buckets[name]) for name, _ in ordered if buckets[name]]
+
+
+BackboneBuilder = Callable[..., Backbone]
+_FAMILIES: dict[str, BackboneBuilder] = {}
+
+
+def register_family(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register a backbone family's builder; a second registration of a name is a bug."""
+
+    def decorate(fn: BackboneBuilder) -> BackboneBuilder:
+        if name in _FAMILIES:
+            raise ValueError(f"backbone family {name!r} is already registered")
+        _FAMILIES[name] = fn
+        return fn
+
+    return decorate
+
+
+def family(name: str) -> BackboneBuilder:
+    if name not in _FAMILIES:
+        raise UsageError(f"unknown backbone source {name!r}; known: {', '.join(sorted(_FAMILIES))}")
+    return _FAMILIES[name]
+
+
+def families() -> list[str]:
+    return sorted(_FAMILIES)

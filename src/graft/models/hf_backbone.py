@@ -1,0 +1,144 @@
+"""Hugging Face encoders (BERT family) through ``AutoModel``: any hub name online, a local folder,
+or, offline, the packaged all-MiniLM-L6-v2.
+
+Groups: the embeddings, then each transformer layer, then the head. The layer list is found as
+the ``nn.ModuleList`` whose length is ``config.num_hidden_layers``, so BERT, RoBERTa, ELECTRA,
+DistilBERT and their kin need no table of their own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graft.errors import DataError
+from graft.models.base import (
+    Backbone,
+    GraftModel,
+    Head,
+    LayerGroup,
+    TextPreprocess,
+    register_family,
+)
+
+# Names that resolve to the offline package of ASSETS.md instead of the hub.
+OFFLINE_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+def resolve_location(name: str) -> str:
+    """A local folder for offline names, else the name itself (a hub id or a folder)."""
+    if name.lower() in OFFLINE_ALIASES:
+        from graft.assets import minilm_dir
+
+        return str(minilm_dir())
+    return name
+
+
+class TextEncoder(nn.Module):
+    """An ``AutoModel`` encoder pooled to one vector per text (mean over tokens, or [CLS])."""
+
+    def __init__(self, encoder: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def encoder_groups(encoder: nn.Module, num_layers: int, prefix: str) -> list[LayerGroup]:
+    """Embeddings (everything before the layer list), each layer, then anything after it (a final
+    norm) joined to the last layer's group."""
+    layers = next(
+        (
+            (name, m)
+            for name, m in encoder.named_modules()
+            if isinstance(m, nn.ModuleList) and len(m) == num_layers
+        ),
+        None,
+    )
+    if layers is None:
+        raise DataError(
+            f"cannot find the {num_layers} transformer layers of {type(encoder).__name__}"
+        )
+    list_name = layers[0]
+    groups: list[LayerGroup] = [LayerGroup("embeddings", [])]
+    groups += [LayerGroup(f"layer.{i}", []) for i in range(num_layers)]
+    after_layers = False
+    for pname, p in encoder.named_parameters():
+        if pname.startswith(list_name + "."):
+            index = int(pname[len(list_name) + 1 :].split(".")[0])
+            groups[index + 1].params.append((prefix + pname, p))
+            after_layers = True
+        elif after_layers:
+            groups[-1].params.append((prefix + pname, p))
+        else:
+            groups[0].params.append((prefix + pname, p))
+    return [g for g in groups if g.params]
+
+
+@register_family("hf")
+def build_hf(
+    name: str,
+    *,
+    num_classes: int,
+    pretrained: bool = True,
+    head_dropout: float = 0.0,
+    pooling: str = "mean",
+    max_length: int = 128,
+    hf_config: dict[str, Any] | None = None,
+    tokenizer_dir: str | None = None,
+    **_: Any,
+) -> Backbone:
+    """A Hugging Face encoder with a new head. With ``hf_config`` (a saved model's), the
+    architecture is rebuilt from it without downloading or loading pretrained weights."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    # A saved model carries its config and tokenizer: rebuilding it needs neither hub nor package.
+    location = name if hf_config is not None and tokenizer_dir else resolve_location(name)
+    try:
+        if hf_config is not None:
+            config = AutoConfig.for_model(**hf_config)
+            encoder = AutoModel.from_config(config)
+        elif pretrained:
+            encoder = AutoModel.from_pretrained(location)
+        else:
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(location))
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or location)
+    except OSError as e:
+        raise DataError(
+            f"could not load Hugging Face model {name!r}: {e}",
+            hint="offline, use backbone.name=minilm or a local folder with config.json",
+        ) from None
+    if getattr(encoder, "pooler", None) is not None:
+        # Pooling happens in TextEncoder; an unused pooler would only hold dead parameters
+        # (and break DistributedDataParallel's "every parameter gets a gradient").
+        encoder.pooler = None
+    body = TextEncoder(encoder, pooling)
+    hidden = int(encoder.config.hidden_size)
+    model = GraftModel(body, Head(hidden, num_classes, head_dropout), "text")
+    groups = encoder_groups(encoder, int(encoder.config.num_hidden_layers), "body.encoder.")
+    groups.append(LayerGroup("head", list(model.head.named_parameters(prefix="head"))))
+    spec = {
+        "source": "hf",
+        "name": name,
+        "num_classes": num_classes,
+        "head_dropout": head_dropout,
+        "pooling": pooling,
+        "hf_config": encoder.config.to_dict(),
+    }
+    return Backbone(model, groups, TextPreprocess(max_length), spec, tokenizer=tokenizer)
+
+
+def save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """Save the tokenizer beside a model so the model folder is self-contained."""
+    os.makedirs(folder, exist_ok=True)
+    tokenizer.save_pretrained(str(folder))

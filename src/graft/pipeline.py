@@ -1,0 +1,202 @@
+"""From raw examples to model-ready batches, with the backbone's preprocessing.
+
+Batches are fetched whole (``__getitems__``): an in-memory image set is indexed, resized and
+normalised as one tensor operation per batch instead of one Python call per image, and text is
+tokenised once up front and padded per batch to its longest sequence (no fixed 128/512 padding).
+Shuffling is a pure function of (seed, epoch), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+
+from graft.data.types import Examples
+from graft.models.base import ImagePreprocess, TextPreprocess
+
+Batch = dict[str, Any]  # {"inputs": {name: tensor}, "targets": tensor | None}
+
+
+def _resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop to a square, then resize to ``size`` (antialiased, as PIL would)."""
+    h, w = x.shape[-2:]
+    if h != w:
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        x = x[..., top : top + s, left : left + s]
+    if x.shape[-1] != size:
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return x
+
+
+def images_to_tensor(
+    images: list[np.ndarray] | np.ndarray, prep: ImagePreprocess, channels_last: bool
+) -> torch.Tensor:
+    """uint8 images (H, W) or (H, W, C) of one size → a normalised float batch (B, 3, S, S)."""
+    x = torch.from_numpy(
+        np.ascontiguousarray(np.stack(images) if isinstance(images, list) else images)
+    )
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    x = x.float().div_(255.0)
+    if x.shape[1] == 1 and prep.channels == 3:
+        x = x.expand(-1, 3, -1, -1)  # grayscale → 3 channels for ImageNet backbones
+    x = _resize_square(x, prep.image_size)
+    mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std).view(1, -1, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+class ImageBatches(torch.utils.data.Dataset[Batch]):
+    """Image examples (in memory or as files) served a whole batch at a time."""
+
+    def __init__(
+        self,
+        examples: Examples,
+        targets: np.ndarray | None,
+        prep: ImagePreprocess,
+        channels_last: bool,
+    ) -> None:
+        self.inputs = examples.inputs
+        self.targets = targets
+        self.prep = prep
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def _load(self, index: list[int]) -> list[np.ndarray] | np.ndarray:
+        if isinstance(self.inputs, np.ndarray):
+            return self.inputs[index]
+        from graft.data.images import load_image
+
+        # Files differ in size: bring each to a square of the target size first.
+        out = []
+        for i in index:
+            img = torch.from_numpy(load_image(self.inputs[i]))  # type: ignore[arg-type]
+            img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
+            if img.shape[0] == 1:
+                img = img.expand(3, -1, -1)
+            img = _resize_square(img.unsqueeze(0).float(), self.prep.image_size)[0]
+            out.append(img.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+        return out
+
+    def __getitems__(self, index: list[int]) -> Batch:
+        x = images_to_tensor(self._load(index), self.prep, self.channels_last)
+        y = None if self.targets is None else torch.from_numpy(self.targets[index])
+        return {"inputs": {"pixel_values": x}, "targets": y}
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.__getitems__([i])
+
+
+class TextBatches(torch.utils.data.Dataset[Batch]):
+    """Texts tokenised once; each batch padded to its own longest sequence."""
+
+    def __init__(
+        self, examples: Examples, targets: np.ndarray | None, tokenizer: Any, prep: TextPreprocess
+    ) -> None:
+        encoded = tokenizer(list(examples.inputs), truncation=True, max_length=prep.max_length)
+        self.ids: list[list[int]] = encoded["input_ids"]
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(t) for t in self.ids), dtype=np.int64, count=len(self.ids))
+
+    def __getitems__(self, index: list[int]) -> Batch:
+        seqs = [self.ids[i] for i in index]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[row, : len(s)] = 1
+        y = None if self.targets is None else torch.from_numpy(self.targets[index])
+        return {"inputs": {"input_ids": ids, "attention_mask": mask}, "targets": y}
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.__getitems__([i])
+
+
+class EpochBatches(Sampler[list[int]]):
+    """Batches of indexes; shuffled by a permutation that depends only on (seed, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        for start in range(0, self.n, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+@dataclass
+class Loaders:
+    """How batches are made for one run: its preprocessing and loader settings."""
+
+    prep: ImagePreprocess | TextPreprocess
+    tokenizer: Any
+    channels_last: bool
+    num_workers: int
+    seed: int
+
+    def dataset(
+        self, examples: Examples, targets: np.ndarray | None
+    ) -> torch.utils.data.Dataset[Batch]:
+        if isinstance(self.prep, TextPreprocess):
+            return TextBatches(examples, targets, self.tokenizer, self.prep)
+        return ImageBatches(examples, targets, self.prep, self.channels_last)
+
+    def loader(
+        self, examples: Examples, targets: np.ndarray | None, batch_size: int, shuffle: bool
+    ) -> DataLoader[Batch]:
+        data = self.dataset(examples, targets)
+        sampler = EpochBatches(len(examples), batch_size, shuffle, self.seed)
+        return DataLoader(
+            data,
+            batch_sampler=sampler,
+            collate_fn=_identity,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
+
+
+def set_epoch(loader: DataLoader[Batch], epoch: int) -> None:
+    sampler = loader.batch_sampler
+    if isinstance(sampler, EpochBatches):
+        sampler.set_epoch(epoch)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return batch
+    inputs = {k: v.to(device, non_blocking=True) for k, v in batch["inputs"].items()}
+    targets = batch["targets"]
+    return {"inputs": inputs, "targets": None if targets is None else targets.to(device)}

@@ -1,0 +1,284 @@
+"""The training loop: phases of a plan, epochs, steps, evaluation, early stopping.
+
+Short on purpose. Everything else (checkpoints, logs, progress) happens in named hooks that the
+loop calls explicitly; the runner (:mod:`graft.run`) supplies them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from graft.metrics import classification_metrics
+from graft.models.base import LayerGroup
+from graft.optim import build_optimizer, build_scheduler
+from graft.pipeline import Batch, set_epoch, to_device
+from graft.runtime import autocast, no_grad_eval
+from graft.strategies.plan import Phase, Plan
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint so a resume continues exactly here."""
+
+    phase: int = 0  # index of the current phase
+    phase_epoch: int = 0  # epochs finished in the current phase
+    epoch: int = 0  # epochs finished overall
+    step: int = 0  # optimizer steps overall
+    best_score: float | None = None
+    best_epoch: int = 0
+    stale_epochs: int = 0  # epochs without improvement (early stopping)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoopSettings:
+    """Optimisation settings of a run, as flat values."""
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.0
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    metric: str = "accuracy"
+    patience: int | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+@dataclass
+class Hooks:
+    """Called by the loop at fixed points, in this order.
+
+    ``phase_start(index, phase, group_table)``; ``epoch_start(state, n_batches)``;
+    ``step(batch_index, loss, batch_size)``; ``epoch_end(state, record, is_best, optimizer,
+    scheduler)``.
+    """
+
+    phase_start: Callable[..., None] = _noop
+    epoch_start: Callable[..., None] = _noop
+    step: Callable[..., None] = _noop
+    epoch_end: Callable[..., None] = _noop
+
+
+def apply_phase(groups: list[LayerGroup], phase: Phase) -> None:
+    """Set ``requires_grad``: the phase's groups train (only biases with ``params: bias``)."""
+    training = set(phase.train)
+    for g in groups:
+        for name, p in g.params:
+            p.requires_grad_(
+                g.name in training and (phase.params == "all" or name.endswith("bias"))
+            )
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode, except that every module whose parameters are all frozen is in eval mode:
+    its BatchNorm statistics stay fixed and its dropout is off (and it runs faster on CPU)."""
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
+def param_groups(
+    groups: list[LayerGroup], phase: Phase, lr: float, weight_decay: float
+) -> list[dict]:
+    """One optimizer group per (layer group, decay or not); biases and norm weights (1-D) get no
+    weight decay. Each carries its own ``lr`` = base LR × the phase's multiplier."""
+    out = []
+    for g in groups:
+        trainable = [(n, p) for n, p in g.params if p.requires_grad]
+        for decay in (True, False):
+            ps = [p for _, p in trainable if (p.ndim > 1) == decay]
+            if ps:
+                out.append(
+                    {
+                        "params": ps,
+                        "lr": lr * phase.multiplier(g.name),
+                        "weight_decay": weight_decay if decay else 0.0,
+                        "group": g.name,
+                    }
+                )
+    return out
+
+
+def group_table(groups: list[LayerGroup], phase: Phase, lr: float) -> list[dict[str, Any]]:
+    """Each group's size, state and learning rate in this phase, for the run log."""
+    rows = []
+    for g in groups:
+        trainable = sum(p.numel() for _, p in g.params if p.requires_grad)
+        state = "train" if trainable == g.size else ("frozen" if trainable == 0 else "partial")
+        rows.append(
+            {
+                "group": g.name,
+                "params": g.size,
+                "trainable": trainable,
+                "state": state,
+                "lr": lr * phase.multiplier(g.name) if trainable else 0.0,
+            }
+        )
+    return rows
+
+
+def evaluate(model: nn.Module, loader: DataLoader[Batch], device: torch.device) -> dict[str, Any]:
+    """Logits, predictions and mean loss over a labeled loader."""
+    logits, targets = [], []
+    with no_grad_eval(model), autocast(device):
+        for batch in loader:
+            batch = to_device(batch, device)
+            logits.append(model(**batch["inputs"]).float().cpu())
+            targets.append(batch["targets"].cpu())
+    all_logits = torch.cat(logits)
+    all_targets = torch.cat(targets)
+    loss = float(F.cross_entropy(all_logits, all_targets))
+    return {"logits": all_logits, "targets": all_targets.numpy(), "loss": loss}
+
+
+def score(metrics: dict[str, Any], metric: str) -> float:
+    """Higher is better: the loss is negated."""
+    return -float(metrics["loss"]) if metric == "loss" else float(metrics[metric])
+
+
+def train(
+    model: nn.Module,
+    groups: list[LayerGroup],
+    plan: Plan,
+    train_loader: DataLoader[Batch],
+    val_loader: DataLoader[Batch],
+    label_names: list[str],
+    settings: LoopSettings,
+    hooks: Hooks,
+    state: TrainState | None = None,
+    resume: dict[str, Any] | None = None,
+) -> TrainState:
+    """Run ``plan`` from ``state`` (a fresh start by default). ``resume`` holds the optimizer and
+    scheduler states of the checkpoint that ``state`` came from."""
+    state = state or TrainState()
+    device = settings.device
+    while state.phase < len(plan.phases):
+        phase = plan.phases[state.phase]
+        apply_phase(groups, phase)
+        optimizer = build_optimizer(
+            settings.optimizer,
+            param_groups(groups, phase, settings.lr, settings.weight_decay),
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            momentum=settings.momentum,
+        )
+        # Optimizer steps in the phase: ceil(batches / grad_accum) per epoch.
+        steps_per_epoch = -(-len(train_loader) // settings.grad_accum)
+        scheduler = build_scheduler(
+            settings.schedule,
+            optimizer,
+            total_steps=steps_per_epoch * phase.epochs,
+            warmup_ratio=settings.warmup_ratio,
+        )
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            resume = None
+        hooks.phase_start(state.phase, phase, group_table(groups, phase, settings.lr))
+        while state.phase_epoch < phase.epochs:
+            hooks.epoch_start(state, len(train_loader))
+            record = _train_epoch(model, train_loader, optimizer, scheduler, settings, hooks, state)
+            val = evaluate(model, val_loader, device)
+            preds = val["logits"].argmax(1).numpy()
+            val_metrics = classification_metrics(
+                val["targets"], preds, label_names, loss=val["loss"]
+            )
+            record.update(
+                phase=phase.name,
+                phase_index=state.phase,
+                val_loss=val["loss"],
+                val_accuracy=val_metrics["accuracy"],
+                val_macro_f1=val_metrics["macro_f1"],
+            )
+            state.epoch += 1
+            state.phase_epoch += 1
+            record["epoch"] = state.epoch
+            state.history.append(record)
+            current = score(val_metrics, settings.metric)
+            is_best = state.best_score is None or current > state.best_score
+            if is_best:
+                state.best_score, state.best_epoch, state.stale_epochs = current, state.epoch, 0
+            else:
+                state.stale_epochs += 1
+            early_stop = settings.patience is not None and state.stale_epochs >= settings.patience
+            phase_done = early_stop or state.phase_epoch >= phase.epochs
+            if phase_done:
+                state.phase, state.phase_epoch, state.stale_epochs = state.phase + 1, 0, 0
+            # The checkpoint written here already points at the next epoch (or phase).
+            hooks.epoch_end(state, record, is_best, optimizer, scheduler)
+            if phase_done:
+                break
+    return state
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: DataLoader[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    settings: LoopSettings,
+    hooks: Hooks,
+    state: TrainState,
+) -> dict[str, Any]:
+    set_train_mode(model)
+    set_epoch(loader, state.epoch)
+    device, accum = settings.device, settings.grad_accum
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    total_loss, correct, seen = 0.0, 0, 0
+    started = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    n_batches = len(loader)
+    for i, batch in enumerate(loader):
+        batch = to_device(batch, device)
+        with autocast(device):
+            logits = model(**batch["inputs"])
+        loss = F.cross_entropy(logits.float(), batch["targets"])
+        # Average over the micro-batches of one step: 4 micro-batches of 32 = one step of 128.
+        (loss / accum).backward()
+        if (i + 1) % accum == 0 or i + 1 == n_batches:
+            if settings.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+        n = len(batch["targets"])
+        total_loss += float(loss.detach()) * n
+        correct += int((logits.argmax(1) == batch["targets"]).sum())
+        seen += n
+        hooks.step(i, float(loss.detach()), n)
+    elapsed = time.perf_counter() - started
+    return {
+        "step": state.step,
+        "train_loss": total_loss / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
+        "lr": max(g["lr"] for g in optimizer.param_groups),
+        "epoch_time_s": elapsed,
+        "samples_per_s": seen / max(elapsed, 1e-9),
+    }
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, currently trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
