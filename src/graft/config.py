@@ -53,6 +53,7 @@ class DataConfig(_Strict):
     train_size: int | None = Field(None, gt=0)
     val_size: int | None = Field(None, gt=0)
     test_size: int | None = Field(None, gt=0)
+    extra_size: int | None = Field(None, gt=0, description="subsample each extra_eval set")
     seed: int = 0
     image_size: int | None = Field(None, ge=8, le=1024, description="default: the backbone's")
     max_length: int = Field(128, ge=8, le=8192, description="tokens; longer texts are truncated")

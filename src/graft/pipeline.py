@@ -131,10 +131,26 @@ class TextBatches(torch.utils.data.Dataset[Batch]):
 
 
 class EpochBatches(Sampler[list[int]]):
-    """Batches of indexes; shuffled by a permutation that depends only on (seed, epoch)."""
+    """Batches of indexes, shuffled by a permutation that depends only on (seed, epoch).
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    With ``lengths`` (text), batches group examples of similar length so that padding to each
+    batch's longest sequence wastes little: when shuffling, the permutation is cut into chunks of
+    ``BUCKET_BATCHES`` batches, each chunk sorted by length and cut into batches, and the batches
+    are shuffled; without shuffling, everything is sorted by length (for evaluation).
+    """
+
+    BUCKET_BATCHES = 50
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        lengths: np.ndarray | None = None,
+    ) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.lengths = lengths
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -143,14 +159,32 @@ class EpochBatches(Sampler[list[int]]):
     def __len__(self) -> int:
         return (self.n + self.batch_size - 1) // self.batch_size
 
+    def _cut(self, order: np.ndarray) -> list[list[int]]:
+        return [
+            order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)
+        ]
+
     def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        for start in range(0, self.n, self.batch_size):
-            yield order[start : start + self.batch_size]
+        if not self.shuffle:
+            order = (
+                np.arange(self.n)
+                if self.lengths is None
+                else np.argsort(self.lengths, kind="stable")
+            )
+            yield from self._cut(order)
+            return
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).numpy()
+        if self.lengths is None:
+            yield from self._cut(order)
+            return
+        chunk = self.batch_size * self.BUCKET_BATCHES
+        batches: list[list[int]] = []
+        for start in range(0, self.n, chunk):
+            part = order[start : start + chunk]
+            batches += self._cut(part[np.argsort(self.lengths[part], kind="stable")])
+        for j in torch.randperm(len(batches), generator=g).tolist():
+            yield batches[j]
 
 
 def _identity(batch: Any) -> Any:
@@ -175,10 +209,18 @@ class Loaders:
         return ImageBatches(examples, targets, self.prep, self.channels_last)
 
     def loader(
-        self, examples: Examples, targets: np.ndarray | None, batch_size: int, shuffle: bool
+        self,
+        examples: Examples,
+        targets: np.ndarray | None,
+        batch_size: int,
+        shuffle: bool,
+        by_length: bool = False,
     ) -> DataLoader[Batch]:
+        """Batches of ``examples``; ``by_length`` groups texts of similar length (the output order
+        then differs from the input order: use it only where targets travel with the batches)."""
         data = self.dataset(examples, targets)
-        sampler = EpochBatches(len(examples), batch_size, shuffle, self.seed)
+        lengths = data.lengths() if by_length and isinstance(data, TextBatches) else None
+        sampler = EpochBatches(len(examples), batch_size, shuffle, self.seed, lengths)
         return DataLoader(
             data,
             batch_sampler=sampler,

@@ -90,6 +90,7 @@ def load_splits(data: DataConfig) -> Splits:
         train_size=data.train_size,
         val_size=data.val_size,
         test_size=data.test_size,
+        extra_size=data.extra_size,
         seed=data.seed,
         label_order=label_order,
     )
@@ -237,10 +238,13 @@ def fit(
         encode(splits.train.labels, splits.train.origin),
         config.train.batch_size,
         shuffle=True,
+        by_length=True,
     )
 
     def eval_loader(ex: Examples) -> Any:
-        return loaders.loader(ex, encode(ex.labels, ex.origin), eval_bs, shuffle=False)
+        return loaders.loader(
+            ex, encode(ex.labels, ex.origin), eval_bs, shuffle=False, by_length=True
+        )
 
     val_loader = eval_loader(splits.validation)
 

@@ -220,7 +220,8 @@ def train(
                 state.best_score, state.best_epoch, state.stale_epochs = current, state.epoch, 0
             else:
                 state.stale_epochs += 1
-            early_stop = settings.patience is not None and state.stale_epochs >= settings.patience
+            patience = phase.patience if phase.patience is not None else settings.patience
+            early_stop = patience is not None and state.stale_epochs >= patience
             phase_done = early_stop or state.phase_epoch >= phase.epochs
             if phase_done:
                 state.phase, state.phase_epoch, state.stale_epochs = state.phase + 1, 0, 0

@@ -175,6 +175,7 @@ def make_splits(
     train_size: int | None = None,
     val_size: int | None = None,
     test_size: int | None = None,
+    extra_size: int | None = None,
     seed: int = 0,
     label_order: Sequence[str] | None = None,
 ) -> Splits:
@@ -182,7 +183,8 @@ def make_splits(
 
     A missing ``test`` (if ``test_fraction`` > 0) and a missing ``validation`` are carved out of
     ``train`` by a seeded stratified split; the fractions are of the ``train`` given. Then each
-    split may be subsampled (stratified) to ``train_size``/``val_size``/``test_size`` examples (a
+    split may be subsampled (stratified) to ``train_size``/``val_size``/``test_size`` examples, and
+    each extra set to ``extra_size`` (a
     size above what exists means all). The label map comes from the final training labels, in
     ``label_order`` (a named set's canonical order) if given; validation, test and extra sets
     may only use labels that training has.
@@ -227,6 +229,9 @@ def make_splits(
     validation = _subsample(validation, val_size, _seed(seed, 3), "val")
     if test is not None:
         test = _subsample(test, test_size, _seed(seed, 4), "test")
+    extra = {
+        k: _subsample(v, extra_size, _seed(seed, 5), "extra") for k, v in (extra or {}).items()
+    }
 
     label_map = LabelMap.from_labels(pool.labels, order=label_order)
     # Also catches training labels missing from label_order (from_labels would drop them).

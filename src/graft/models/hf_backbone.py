@@ -101,6 +101,9 @@ def build_hf(
     """A Hugging Face encoder with a new head. With ``hf_config`` (a saved model's), the
     architecture is rebuilt from it without downloading or loading pretrained weights."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # graft prints its own progress
 
     # A saved model carries its config and tokenizer: rebuilding it needs neither hub nor package.
     location = name if hf_config is not None and tokenizer_dir else resolve_location(name)

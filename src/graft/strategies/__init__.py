@@ -91,6 +91,7 @@ def custom(groups: list[str], epochs: int, phases: list[dict[str, Any]]) -> Plan
                 lr_mult={str(k): float(v) for k, v in p.get("lr_mult", {}).items()},
                 lr_scale=float(p.get("lr_scale", 1.0)),
                 params=p.get("params", "all"),
+                patience=p.get("patience"),
             )
         )
     return Plan("custom", tuple(out))

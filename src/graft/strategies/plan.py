@@ -23,6 +23,9 @@ class Phase:
     ``lr_mult``: per-group multiplier of the base learning rate (groups not named: 1.0).
     ``lr_scale``: a multiplier for the whole phase (LP-FT's smaller fine-tuning LR).
     ``params``: ``bias`` trains only the bias terms of the named groups (BitFit).
+    ``patience``: end the phase early once the validation metric has not improved for this many
+    epochs (a transition "on plateau"; ``epochs`` is then the maximum). None: the run's
+    early-stopping setting applies.
     """
 
     name: str
@@ -31,6 +34,7 @@ class Phase:
     lr_mult: dict[str, float] = field(default_factory=dict)
     lr_scale: float = 1.0
     params: Literal["all", "bias"] = "all"
+    patience: int | None = None
 
     def multiplier(self, group: str) -> float:
         return self.lr_scale * self.lr_mult.get(group, 1.0)
