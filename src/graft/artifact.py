@@ -16,7 +16,7 @@ import torch
 
 from graft.checkpoint import atomic_write, atomic_write_text
 from graft.data.types import Examples, LabelMap
-from graft.errors import DataError
+from graft.errors import DataError, GraftError
 from graft.models import Backbone, rebuild
 from graft.models.hf_backbone import save_tokenizer
 
@@ -120,10 +120,22 @@ def load_model(folder: str | Path) -> LoadedModel:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         labels, spec, prep = meta["labels"], meta["backbone"], meta["preprocess"]
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ValueError("labels must be a list of class names")
+        label_map = LabelMap(tuple(labels))
+        if spec["num_classes"] != len(label_map):
+            raise ValueError(f"{len(label_map)} labels for {spec['num_classes']} model outputs")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{meta_path}: malformed model description ({e})") from None
     tokenizer_dir = folder / "tokenizer" if (folder / "tokenizer").is_dir() else None
-    backbone = rebuild(spec, prep, tokenizer_dir)
+    try:
+        backbone = rebuild(spec, prep, tokenizer_dir)
+    except DataError:
+        raise
+    except (GraftError, KeyError, TypeError, ValueError) as e:
+        # A hand-edited or foreign description: still the file's problem, not a usage mistake.
+        detail = f"{type(e).__name__}: {e.message if isinstance(e, GraftError) else e}"
+        raise DataError(f"{meta_path}: malformed model description ({detail})") from None
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, FileNotFoundError, OSError) as e:
@@ -136,4 +148,4 @@ def load_model(folder: str | Path) -> LoadedModel:
     except RuntimeError as e:
         raise DataError(f"{folder / WEIGHTS}: weights do not fit the architecture ({e})") from None
     backbone.model.eval()
-    return LoadedModel(backbone, LabelMap(tuple(labels)), meta, folder)
+    return LoadedModel(backbone, label_map, meta, folder)

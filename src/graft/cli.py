@@ -94,6 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", metavar="INPUT")
     pr.add_argument("--json", action="store_true", help="print predictions as JSON lines")
 
+    lrf = sub.add_parser(
+        "lr-find",
+        help="sweep the learning rate and suggest one (Smith 2017)",
+        description="Train the plan's first phase for a few batches at exponentially growing "
+        "learning rates, restore the model, plot loss against LR and suggest optim.lr. "
+        "Writes no run directory.",
+    )
+    lrf.add_argument("config", help="the run config (YAML)")
+    lrf.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    lrf.add_argument("--steps", type=int, default=100, help="sweep length in batches")
+    lrf.add_argument("--plot", default="lr_find.png", help="where to write the plot (PNG)")
+
+    demo = sub.add_parser(
+        "demo",
+        help="fine-tune MiniLM on VADER sentiment and EfficientNet-Lite0 on Fashion-MNIST",
+        description="Two real fine-tunes of real pretrained models on real data (subsets sized "
+        "for a few minutes on a 2-core CPU), each with a report. Run from the repository root.",
+    )
+    demo.add_argument("--configs", default="configs", help="folder with the demo configs")
+    demo.add_argument("--output", default="runs/demo", help="where the run directories go")
+
     ls = sub.add_parser("list", help="list backbones families, strategies or datasets")
     ls.add_argument("what", choices=["strategies", "datasets", "backbones"])
     return parser
@@ -174,6 +195,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from graft.config import load_config
+    from graft.run import find_lr
+
+    if args.steps < 5:
+        raise UsageError("--steps must be at least 5")
+    result = find_lr(
+        load_config(args.config, args.overrides), steps=args.steps, plot=Path(args.plot)
+    )
+    print(f"suggested optim.lr: {result['suggestion']}\tplot: {result['plot']}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from graft.demo import print_summary, run_demo
+
+    print_summary(run_demo(args.configs, args.output))
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "strategies":
         from graft.strategies import _STRATEGIES
@@ -197,7 +238,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": _cmd_fit, "eval": _cmd_eval, "predict": _cmd_predict, "list": _cmd_list}
+COMMANDS = {
+    "fit": _cmd_fit,
+    "eval": _cmd_eval,
+    "predict": _cmd_predict,
+    "lr-find": _cmd_lr_find,
+    "demo": _cmd_demo,
+    "list": _cmd_list,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,7 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        # `graft fit c.yaml --quiet optim.lr=1e-3`: overrides may also follow an option.
+        if args.command in {"fit", "lr-find"}:
+            args.overrides += [e for e in extras if "=" in e and not e.startswith("-")]
+            extras = [e for e in extras if e not in args.overrides]
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
         if args.command is None:
             parser.print_help()
             return 2

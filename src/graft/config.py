@@ -57,6 +57,9 @@ class DataConfig(_Strict):
     seed: int = 0
     image_size: int | None = Field(None, ge=8, le=1024, description="default: the backbone's")
     max_length: int = Field(128, ge=8, le=8192, description="tokens; longer texts are truncated")
+    augment: Literal["none", "light", "strong", "randaugment", "trivialaugment"] = "none"
+    mixup_alpha: float = Field(0.0, ge=0, description="MixUp on training batches (0: off)")
+    cutmix_alpha: float = Field(0.0, ge=0, description="CutMix on training batches (0: off)")
 
 
 class BackboneConfig(_Strict):
@@ -67,6 +70,32 @@ class BackboneConfig(_Strict):
     pretrained: bool = True
     pooling: Literal["mean", "cls"] = "mean"
     head_dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="set every dropout rate inside the backbone (default: its own)",
+    )
+
+
+class InitConfig(_Strict):
+    """Initialization, orthogonal to the strategy: what is kept pretrained, how the head starts."""
+
+    body: Literal["pretrained", "random"] = "pretrained"
+    reinit_top: int = Field(0, ge=0, description="re-initialize the top k body groups")
+    method: Literal["default", "normal", "uniform"] = "default"
+    scale: float = Field(0.02, gt=0, description="std (normal) or bound (uniform)")
+    head: Literal[
+        "default",
+        "xavier_uniform",
+        "xavier_normal",
+        "kaiming_uniform",
+        "kaiming_normal",
+        "normal",
+        "zeros",
+        "linear_probe",
+    ] = "default"
+    head_std: float = Field(0.01, gt=0, description="std of head: normal")
 
 
 class StrategyConfig(BaseModel):
@@ -81,15 +110,72 @@ class StrategyConfig(BaseModel):
 
 
 class OptimConfig(_Strict):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    """The optimizer; ``lr`` is the base rate that the plan's per-group multipliers scale."""
+
+    name: Literal["adamw", "adam", "amsgrad", "sgd", "rmsprop", "adagrad", "adadelta", "lbfgs"] = (
+        "adamw"
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
+    weight_decay_mode: Literal["decoupled", "l2"] = Field(
+        "decoupled", description="decoupled (AdamW-style) or L2 added to the gradient"
+    )
     momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
 
 
 class ScheduleConfig(_Strict):
-    name: Literal["constant", "cosine", "linear"] = "cosine"
+    """The per-step LR schedule; options a schedule does not use must stay unset."""
+
+    name: Literal["constant", "step", "cosine", "linear", "one_cycle", "slanted_triangular"] = (
+        "cosine"
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0)
+    step_size: float | None = Field(None, gt=0, description="step: steps, or a fraction if < 1")
+    gamma: float | None = Field(None, gt=0, description="step: factor per step_size")
+    min_factor: float | None = Field(None, ge=0, le=1, description="cosine/linear: floor")
+    pct_start: float | None = Field(None, gt=0, lt=1, description="one_cycle: peak position")
+    div_factor: float | None = Field(None, gt=0, description="one_cycle: start = max / this")
+    final_div_factor: float | None = Field(None, gt=0, description="one_cycle: end = start / this")
+    cut_frac: float | None = Field(None, gt=0, lt=1, description="slanted_triangular: peak")
+    ratio: float | None = Field(None, gt=0, description="slanted_triangular: max / min LR")
+
+    def options(self) -> dict[str, Any]:
+        """The schedule-specific options that are set."""
+        general = {"name", "warmup_ratio", "warmup_steps"}
+        return {k: v for k, v in self.model_dump().items() if k not in general and v is not None}
+
+
+class LossConfig(_Strict):
+    """The training loss (validation loss is always plain cross-entropy, comparable across runs)."""
+
+    name: Literal["cross_entropy", "focal"] = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["none", "inverse", "effective_number"] | list[float] = "none"
+    focal_gamma: float = Field(2.0, ge=0)
+
+
+class RegularizeConfig(_Strict):
+    """Penalties added to the loss, and constraints kept after every step."""
+
+    l1: float = Field(0.0, ge=0)
+    l2_sp: float = Field(
+        0.0, ge=0, description="α: pull the backbone towards its pretrained weights"
+    )
+    l2_sp_head: float = Field(0.0, ge=0, description="β: plain L2 on the head, with L2-SP")
+    max_norm: float | None = Field(None, gt=0, description="per-unit max-norm of weight layers")
+    clamp: tuple[float, float] | None = Field(None, description="[min, max] for every weight")
+    sign: Literal["nonnegative", "initial"] | None = Field(
+        None, description="keep weights non-negative, or keep their pretrained sign"
+    )
+    distance_bound: float | None = Field(
+        None, gt=0, description="max distance of each body tensor from its pretrained value"
+    )
+    distance_norm: Literal["l2", "linf"] = "l2"
+    distance_relative: bool = Field(True, description="radius relative to the tensor's norm")
 
 
 class TrainConfig(_Strict):
@@ -98,12 +184,21 @@ class TrainConfig(_Strict):
     eval_batch_size: int | None = Field(None, gt=0)
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     max_grad_norm: float | None = Field(None, gt=0)
+    max_grad_value: float | None = Field(None, gt=0)
     metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
     early_stopping_patience: int | None = Field(None, gt=0)
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    restore_best: bool = Field(
+        True, description="the saved model is the best epoch's, not the last"
+    )
+    frozen_bn: Literal["eval", "update"] = Field(
+        "eval", description="BatchNorm in frozen groups: statistics fixed, or updated"
+    )
     device: str = "auto"
     threads: int | None = Field(None, gt=0, description="default: all cores")
     num_workers: int = Field(0, ge=0)
     channels_last: bool | None = Field(None, description="default: on for CNNs")
+    feature_cache: bool = Field(True, description="head-only phases train on stored features")
     seed: int = 0
     progress: bool = True
 
@@ -118,8 +213,11 @@ class RunConfig(_Strict):
 
     backbone: BackboneConfig
     data: DataConfig
+    init: InitConfig = Field(default_factory=InitConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    regularize: RegularizeConfig = Field(default_factory=RegularizeConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

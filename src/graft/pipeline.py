@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
+from graft.augment import BatchMix, ImageTransform, apply_per_image
 from graft.data.types import Examples
 from graft.models.base import ImagePreprocess, TextPreprocess
 
@@ -38,9 +39,12 @@ def _resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def images_to_tensor(
-    images: list[np.ndarray] | np.ndarray, prep: ImagePreprocess, channels_last: bool
+    images: list[np.ndarray] | np.ndarray,
+    prep: ImagePreprocess,
+    augment: ImageTransform | None = None,
 ) -> torch.Tensor:
-    """uint8 images (H, W) or (H, W, C) of one size → a normalised float batch (B, 3, S, S)."""
+    """uint8 images (H, W) or (H, W, C) of one size → a normalised float batch (B, 3, S, S),
+    each image augmented on its own if ``augment`` is given."""
     x = torch.from_numpy(
         np.ascontiguousarray(np.stack(images) if isinstance(images, list) else images)
     )
@@ -49,10 +53,11 @@ def images_to_tensor(
     if x.shape[1] == 1 and prep.channels == 3:
         x = x.expand(-1, 3, -1, -1)  # grayscale → 3 channels for ImageNet backbones
     x = _resize_square(x, prep.image_size)
+    if augment is not None:
+        x = apply_per_image(x, augment)
     mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
     std = torch.tensor(prep.std).view(1, -1, 1, 1)
-    x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    return (x - mean) / std
 
 
 class ImageBatches(torch.utils.data.Dataset[Batch]):
@@ -64,11 +69,14 @@ class ImageBatches(torch.utils.data.Dataset[Batch]):
         targets: np.ndarray | None,
         prep: ImagePreprocess,
         channels_last: bool,
+        augment: ImageTransform | None = None,
+        mix: BatchMix | None = None,
     ) -> None:
         self.inputs = examples.inputs
         self.targets = targets
         self.prep = prep
         self.channels_last = channels_last
+        self.augment, self.mix = augment, mix
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -90,8 +98,15 @@ class ImageBatches(torch.utils.data.Dataset[Batch]):
         return out
 
     def __getitems__(self, index: list[int]) -> Batch:
-        x = images_to_tensor(self._load(index), self.prep, self.channels_last)
+        x = images_to_tensor(self._load(index), self.prep, self.augment)
         y = None if self.targets is None else torch.from_numpy(self.targets[index])
+        if self.mix is not None and y is not None:
+            x, y = self.mix(x, y)  # y becomes class probabilities
+        x = (
+            x.contiguous(memory_format=torch.channels_last)
+            if self.channels_last
+            else x.contiguous()
+        )
         return {"inputs": {"pixel_values": x}, "targets": y}
 
     def __getitem__(self, i: int) -> Batch:
@@ -200,12 +215,23 @@ class Loaders:
     channels_last: bool
     num_workers: int
     seed: int
+    augment: ImageTransform | None = None  # training batches only
+    mix: BatchMix | None = None  # training batches only
+
+    @property
+    def random(self) -> bool:
+        """Whether training batches are augmented at random (then no feature cache)."""
+        return self.augment is not None or self.mix is not None
 
     def dataset(
-        self, examples: Examples, targets: np.ndarray | None
+        self, examples: Examples, targets: np.ndarray | None, train: bool = False
     ) -> torch.utils.data.Dataset[Batch]:
         if isinstance(self.prep, TextPreprocess):
             return TextBatches(examples, targets, self.tokenizer, self.prep)
+        if train:
+            return ImageBatches(
+                examples, targets, self.prep, self.channels_last, self.augment, self.mix
+            )
         return ImageBatches(examples, targets, self.prep, self.channels_last)
 
     def loader(
@@ -215,10 +241,12 @@ class Loaders:
         batch_size: int,
         shuffle: bool,
         by_length: bool = False,
+        train: bool = False,
     ) -> DataLoader[Batch]:
         """Batches of ``examples``; ``by_length`` groups texts of similar length (the output order
-        then differs from the input order: use it only where targets travel with the batches)."""
-        data = self.dataset(examples, targets)
+        then differs from the input order: use it only where targets travel with the batches);
+        ``train`` applies the augmentation."""
+        data = self.dataset(examples, targets, train)
         lengths = data.lengths() if by_length and isinstance(data, TextBatches) else None
         sampler = EpochBatches(len(examples), batch_size, shuffle, self.seed, lengths)
         return DataLoader(

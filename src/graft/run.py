@@ -21,6 +21,8 @@ from safetensors.torch import load_file as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from graft.artifact import save_model
+from graft.augment import build_augment, build_batch_mix
+from graft.cache import compute_features
 from graft.checkpoint import (
     CHECKPOINT,
     atomic_write,
@@ -30,18 +32,33 @@ from graft.checkpoint import (
     restore_rng_states,
     save_checkpoint,
 )
-from graft.config import DataConfig, RunConfig, SourceConfig, dump_config, load_config
+from graft.config import (
+    DataConfig,
+    InitConfig,
+    RunConfig,
+    SourceConfig,
+    dump_config,
+    load_config,
+)
 from graft.console import EpochProgress, RunLog
 from graft.data import Splits, get_dataset, load_examples, make_splits
 from graft.data.types import Examples
 from graft.errors import DataError, UsageError
 from graft.metrics import classification_metrics, summary_line
-from graft.models import Backbone, build_backbone
+from graft.models import Backbone, ImagePreprocess, build_backbone
 from graft.pipeline import Loaders
-from graft.runtime import environment, peak_rss_mb, select_device, set_threads
+from graft.runtime import environment, peak_rss_mb, precision, select_device, set_threads
 from graft.strategies import build_plan
 from graft.strategies.plan import Plan
-from graft.train import Hooks, LoopSettings, TrainState, apply_phase, evaluate, train
+from graft.train import (
+    Hooks,
+    LoopSettings,
+    Objective,
+    TrainState,
+    apply_phase,
+    evaluate,
+    train,
+)
 
 RESULTS = "results.json"
 
@@ -151,12 +168,312 @@ def find_resumable(config: RunConfig, digest: str) -> Path:
     )
 
 
+def _augmentation(data: DataConfig, backbone: Backbone, num_classes: int) -> tuple[Any, Any]:
+    """The per-image transform and batch mix of the config (images only)."""
+    wanted = data.augment != "none" or data.mixup_alpha > 0 or data.cutmix_alpha > 0
+    if not isinstance(backbone.preprocess, ImagePreprocess):
+        if wanted:
+            raise UsageError(
+                "data.augment, data.mixup_alpha, data.cutmix_alpha apply to images only"
+            )
+        return None, None
+    return (
+        build_augment(data.augment, backbone.preprocess.image_size),
+        build_batch_mix(data.mixup_alpha, data.cutmix_alpha, num_classes),
+    )
+
+
+def _initialize(
+    init: InitConfig, backbone: Backbone, train_loader: Any, device: torch.device, log: RunLog
+) -> None:
+    """Apply the ``init:`` section. It runs on a resume too (deterministically: the seed is set),
+    so that the references of L2-SP and distance bounds are the same as in the first run."""
+    from graft import init as policies
+
+    if init.body == "random":
+        policies.random_init(backbone, init.method, init.scale)
+        log(f"init: body re-initialized ({init.method})")
+    elif init.reinit_top:
+        try:
+            names = policies.reinit_top(backbone, init.reinit_top, init.method, init.scale)
+        except ValueError as e:
+            raise UsageError(f"init.reinit_top: {e}") from None
+        log(f"init: re-initialized the top {init.reinit_top} groups: {', '.join(names)}")
+    if init.head == "linear_probe":
+        data = compute_features(backbone.model, train_loader, device)
+        fit = policies.fit_head_linear_probe(backbone.model.head, data.features, data.targets)
+        log(f"init: head fitted by a linear probe (train accuracy {fit['accuracy']:.3f})")
+    elif init.head != "default":
+        policies.init_head(backbone.model.head, init.head, std=init.head_std)
+
+
+def _objective(config: RunConfig, model: torch.nn.Module, train_targets: np.ndarray) -> Objective:
+    """The loss, penalties and constraints of the config. Built after initialization: L2-SP and
+    the distance bound take the weights as they are now as their reference."""
+    from graft import regularize as reg
+    from graft.losses import build_loss, class_weights_from_counts
+
+    loss_cfg, r = config.loss, config.regularize
+    weights: torch.Tensor | list[float] | None = None
+    n_classes = int(model.head.fc.out_features)  # type: ignore[union-attr, arg-type]
+    if isinstance(loss_cfg.class_weights, list):
+        if len(loss_cfg.class_weights) != n_classes:
+            raise UsageError(
+                f"loss.class_weights: {len(loss_cfg.class_weights)} weights for {n_classes} classes"
+            )
+        weights = loss_cfg.class_weights
+    elif loss_cfg.class_weights != "none":
+        counts = np.bincount(train_targets, minlength=n_classes)
+        weights = class_weights_from_counts(counts, loss_cfg.class_weights)
+    loss_fn = build_loss(
+        loss_cfg.name,
+        label_smoothing=loss_cfg.label_smoothing,
+        class_weights=weights,
+        focal_gamma=loss_cfg.focal_gamma,
+    )
+    penalties: list[Any] = []
+    if r.l1:
+        penalties.append(reg.L1Penalty(model, r.l1))
+    if r.l2_sp or r.l2_sp_head:
+        penalties.append(reg.L2SP(model.named_parameters(), r.l2_sp, r.l2_sp_head))
+    constraints: list[Any] = []
+    if r.max_norm is not None:
+        constraints.append(reg.MaxNorm(model, r.max_norm))
+    if r.clamp is not None:
+        constraints.append(reg.Clamp(model.parameters(), *r.clamp))
+    if r.sign is not None:
+        constraints.append(
+            reg.SignConstraint(model.parameters(), "+" if r.sign == "nonnegative" else "initial")
+        )
+    if r.distance_bound is not None:
+        body = list(model.body.named_parameters(prefix="body"))  # type: ignore[union-attr]
+        constraints.append(
+            reg.DistanceBound(body, r.distance_bound, r.distance_norm, relative=r.distance_relative)
+        )
+    return Objective(loss_fn, penalties, constraints)
+
+
+def _settings(config: RunConfig, device: torch.device, random_batches: bool) -> LoopSettings:
+    o, s, t = config.optim, config.schedule, config.train
+    return LoopSettings(
+        optimizer=o.name,
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        decoupled_weight_decay=o.weight_decay_mode == "decoupled",
+        # L2-SP replaces weight decay on the backbone (Li et al. 2018).
+        body_weight_decay=0.0 if config.regularize.l2_sp else None,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        betas=o.betas,
+        eps=o.eps,
+        schedule=s.name,
+        warmup_ratio=s.warmup_ratio,
+        warmup_steps=s.warmup_steps,
+        schedule_options=s.options(),
+        grad_accum=t.grad_accum,
+        max_grad_norm=t.max_grad_norm,
+        max_grad_value=t.max_grad_value,
+        metric=t.metric,
+        patience=t.early_stopping_patience,
+        min_delta=t.early_stopping_min_delta,
+        frozen_bn_updates=t.frozen_bn == "update",
+        feature_cache=t.feature_cache and not random_batches,
+        device=device,
+    )
+
+
 def _check_modality(backbone: Backbone, splits: Splits, name: str) -> None:
     if backbone.modality != splits.train.modality:
         raise UsageError(
             f"backbone.name: {name} takes {backbone.modality} input, "
             f"but data.train ({splits.train.origin}) holds {splits.train.modality}"
         )
+
+
+def _check_closure_optimizer(settings: LoopSettings, backbone: Backbone, plan: Plan) -> None:
+    from graft.optim import check_lbfgs_applicable
+
+    if settings.optimizer != "lbfgs":
+        return
+    if settings.grad_accum > 1:
+        raise UsageError("optim.name: lbfgs steps on whole batches; set train.grad_accum=1")
+    has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in backbone.model.modules())
+    reason = check_lbfgs_applicable(_trainable_in_plan(backbone, plan), has_dropout)
+    if reason:
+        raise UsageError(
+            f"optim.name: lbfgs does not fit this run: {reason}",
+            hint="L-BFGS suits a small deterministic problem, e.g. strategy linear_probe",
+        )
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked from the config before any file is written."""
+
+    config: RunConfig
+    splits: Splits
+    backbone: Backbone
+    plan: Plan
+    loaders: Loaders
+    train_loader: Any
+    val_loader: Any
+    settings: LoopSettings
+    objective: Objective
+    device: torch.device
+    threads: int
+    channels_last: bool
+    trainable: int
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.splits.label_map.names)
+
+    def eval_loader(self, ex: Examples) -> Any:
+        eval_bs = self.config.train.eval_batch_size or 2 * self.config.train.batch_size
+        targets = self.splits.label_map.encode(ex.labels, ex.origin)
+        return self.loaders.loader(ex, targets, eval_bs, shuffle=False, by_length=True)
+
+
+def prepare(config: RunConfig, log: RunLog) -> Prepared:
+    """Data, backbone (initialized), plan, loaders, objective: everything but the run directory.
+    Every mistake in the config or the data surfaces here."""
+    threads = set_threads(config.train.threads)
+    device = select_device(config.train.device)
+    seed_everything(config.train.seed)
+    splits = load_splits(config.data)
+    log(
+        f"data: train {len(splits.train)}, validation {len(splits.validation)}, "
+        f"test {len(splits.test) if splits.test else 0}"
+        + "".join(f", {k} {len(v)}" for k, v in splits.extra.items())
+        + f"; {len(splits.label_map)} classes"
+    )
+    b = config.backbone
+    backbone = build_backbone(
+        b.name,
+        num_classes=len(splits.label_map),
+        source=b.source,
+        pretrained=b.pretrained,
+        head_dropout=b.head_dropout,
+        pooling=b.pooling,
+        dropout=b.dropout,
+        image_size=config.data.image_size,
+        max_length=config.data.max_length,
+    )
+    _check_modality(backbone, splits, b.name)
+    plan = build_plan(
+        config.strategy.name,
+        config.strategy.params(),
+        groups=backbone.group_names(),
+        epochs=config.train.epochs,
+    )
+    trainable = _trainable_in_plan(backbone, plan)
+    channels_last = (
+        backbone.is_cnn if config.train.channels_last is None else config.train.channels_last
+    )
+    model = backbone.model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loaders = Loaders(
+        backbone.preprocess,
+        backbone.tokenizer,
+        channels_last,
+        config.train.num_workers,
+        config.train.seed,
+        *_augmentation(config.data, backbone, len(splits.label_map)),
+    )
+    train_targets = splits.label_map.encode(splits.train.labels, splits.train.origin)
+    train_loader = loaders.loader(
+        splits.train,
+        train_targets,
+        config.train.batch_size,
+        shuffle=True,
+        by_length=True,
+        train=True,
+    )
+    settings = _settings(config, device, loaders.random)
+    _check_closure_optimizer(settings, backbone, plan)
+    _initialize(config.init, backbone, train_loader, device, log)
+    prepared = Prepared(
+        config=config,
+        splits=splits,
+        backbone=backbone,
+        plan=plan,
+        loaders=loaders,
+        train_loader=train_loader,
+        val_loader=None,
+        settings=settings,
+        objective=_objective(config, model, train_targets),
+        device=device,
+        threads=threads,
+        channels_last=channels_last,
+        trainable=trainable,
+    )
+    prepared.val_loader = prepared.eval_loader(splits.validation)
+    return prepared
+
+
+class _Recorder:
+    """The hooks of a fit: progress, the run log, metrics.jsonl, best weights, checkpoints."""
+
+    def __init__(self, run_dir: Path, prep: Prepared, log: RunLog, digest: str, quiet: bool):
+        self.run_dir, self.prep, self.log, self.digest = run_dir, prep, log, digest
+        self.progress = EpochProgress(log.console, prep.config.train.progress and not quiet)
+        self.best_path = run_dir / "best.safetensors"
+
+    def hooks(self) -> Hooks:
+        return Hooks(
+            phase_start=self.phase_start,
+            message=self.log,
+            epoch_start=self.epoch_start,
+            step=self.progress.step,
+            epoch_end=self.epoch_end,
+        )
+
+    def phase_start(self, index: int, phase: Any, table: list[dict[str, Any]]) -> None:
+        rows = [
+            [r["group"], f"{r['params']:,}", r["state"], f"{r['lr']:.2e}" if r["lr"] else "-"]
+            for r in table
+        ]
+        self.log.table(f"phase {index}: {phase.name}", ["group", "params", "state", "lr"], rows)
+
+    def epoch_start(self, state: TrainState, n_batches: int) -> None:
+        self.progress.start(f"epoch {state.epoch + 1}/{self.prep.plan.epochs}", n_batches)
+
+    def epoch_end(
+        self, state: TrainState, record: dict[str, Any], is_best: bool, opt: Any, sched: Any
+    ) -> None:
+        self.progress.stop()
+        model = self.prep.backbone.model
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if is_best:
+            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            atomic_write(self.best_path, lambda fh: fh.write(safetensors_save(weights)))
+        save_checkpoint(
+            self.run_dir,
+            model=model,
+            optimizer=opt,
+            scheduler=sched,
+            state=state.to_dict(),
+            plan=self.prep.plan.to_dict(),
+            config_digest=self.digest,
+        )
+        self.log(
+            f"epoch {record['epoch']}/{self.prep.plan.epochs} [{record['phase']}] "
+            f"loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.4f}  "
+            f"val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}  "
+            f"val F1 {record['val_macro_f1']:.4f}  {record['samples_per_s']:.1f} samples/s"
+            + ("  *best*" if is_best else "")
+        )
+
+
+def _open_run_dir(config: RunConfig, digest: str) -> Path:
+    run_dir = _new_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    atomic_write_text(run_dir / "run.json", json.dumps({"config_hash": digest}))
+    (run_dir / "metrics.jsonl").write_text("")
+    return run_dir
 
 
 def fit(
@@ -185,86 +502,24 @@ def fit(
                 f"{run_dir}: the run was started with a different config",
                 hint=f"compare with {run_dir / 'config.yaml'}",
             )
-
-    threads = set_threads(config.train.threads)
-    device = select_device(config.train.device)
-    seed_everything(config.train.seed)
     started = time.perf_counter()
-
-    splits = load_splits(config.data)
-    log(
-        f"data: train {len(splits.train)}, validation {len(splits.validation)}, "
-        f"test {len(splits.test) if splits.test else 0}"
-        + "".join(f", {k} {len(v)}" for k, v in splits.extra.items())
-        + f"; {len(splits.label_map)} classes"
-    )
-    backbone = build_backbone(
-        config.backbone.name,
-        num_classes=len(splits.label_map),
-        source=config.backbone.source,
-        pretrained=config.backbone.pretrained,
-        head_dropout=config.backbone.head_dropout,
-        pooling=config.backbone.pooling,
-        image_size=config.data.image_size,
-        max_length=config.data.max_length,
-    )
-    _check_modality(backbone, splits, config.backbone.name)
-    plan = build_plan(
-        config.strategy.name,
-        config.strategy.params(),
-        groups=backbone.group_names(),
-        epochs=config.train.epochs,
-    )
-    trainable = _trainable_in_plan(backbone, plan)
-    channels_last = (
-        backbone.is_cnn if config.train.channels_last is None else config.train.channels_last
-    )
-    model = backbone.model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    labels = list(splits.label_map.names)
-    loaders = Loaders(
-        backbone.preprocess,
-        backbone.tokenizer,
-        channels_last,
-        config.train.num_workers,
-        config.train.seed,
-    )
-    encode = splits.label_map.encode
-    eval_bs = config.train.eval_batch_size or 2 * config.train.batch_size
-    train_loader = loaders.loader(
-        splits.train,
-        encode(splits.train.labels, splits.train.origin),
-        config.train.batch_size,
-        shuffle=True,
-        by_length=True,
-    )
-
-    def eval_loader(ex: Examples) -> Any:
-        return loaders.loader(
-            ex, encode(ex.labels, ex.origin), eval_bs, shuffle=False, by_length=True
-        )
-
-    val_loader = eval_loader(splits.validation)
+    prep = prepare(config, log)
 
     # Everything the user could get wrong has been checked: now the run directory may exist.
     fresh = run_dir is None
-    if run_dir is None:
-        run_dir = _new_run_dir(config)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", dump_config(config))
-        atomic_write_text(run_dir / "run.json", json.dumps({"config_hash": digest}))
-        (run_dir / "metrics.jsonl").write_text("")
+    run_dir = run_dir or _open_run_dir(config, digest)
     log.attach(run_dir / "log.txt")
     log(f"run directory: {run_dir}")
     log(
-        f"device {device}, {threads} threads, fp32"
-        + (", channels_last" if channels_last else "")
-        + f"; plan {plan.strategy}: "
-        + ", ".join(f"{p.name} ({p.epochs} ep)" for p in plan.phases)
+        f"device {prep.device}, {prep.threads} threads, {precision(prep.device)}"
+        + (", channels_last" if prep.channels_last else "")
+        + f"; plan {prep.plan.strategy}: "
+        + ", ".join(f"{p.name} ({p.epochs} ep)" for p in prep.plan.phases)
     )
+    if config.train.feature_cache and prep.loaders.random:
+        log("feature cache off: training batches are augmented at random")
 
+    model = prep.backbone.model
     state = TrainState()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -272,91 +527,38 @@ def fit(
         restore_rng_states(checkpoint["rng"])
         log(f"resuming at epoch {state.epoch + 1} (phase {state.phase}, step {state.step})")
 
-    progress = EpochProgress(log.console, config.train.progress and not quiet)
-    best_path = run_dir / "best.safetensors"
-
-    def phase_start(index: int, phase: Any, table: list[dict[str, Any]]) -> None:
-        rows = [
-            [r["group"], f"{r['params']:,}", r["state"], f"{r['lr']:.2e}" if r["lr"] else "-"]
-            for r in table
-        ]
-        log.table(f"phase {index}: {phase.name}", ["group", "params", "state", "lr"], rows)
-
-    def epoch_start(st: TrainState, n_batches: int) -> None:
-        progress.start(f"epoch {st.epoch + 1}/{plan.epochs}", n_batches)
-
-    def epoch_end(
-        st: TrainState, record: dict[str, Any], is_best: bool, opt: Any, sched: Any
-    ) -> None:
-        progress.stop()
-        with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if is_best:
-            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            atomic_write(best_path, lambda fh: fh.write(safetensors_save(weights)))
-        save_checkpoint(
-            run_dir,
-            model=model,
-            optimizer=opt,
-            scheduler=sched,
-            state=st.to_dict(),
-            plan=plan.to_dict(),
-            config_digest=digest,
-        )
-        log(
-            f"epoch {record['epoch']}/{plan.epochs} [{record['phase']}] "
-            f"loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.4f}  "
-            f"val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}  "
-            f"val F1 {record['val_macro_f1']:.4f}  {record['samples_per_s']:.1f} samples/s"
-            + ("  *best*" if is_best else "")
-        )
-
-    settings = LoopSettings(
-        optimizer=config.optim.name,
-        lr=config.optim.lr,
-        weight_decay=config.optim.weight_decay,
-        momentum=config.optim.momentum,
-        schedule=config.schedule.name,
-        warmup_ratio=config.schedule.warmup_ratio,
-        grad_accum=config.train.grad_accum,
-        max_grad_norm=config.train.max_grad_norm,
-        metric=config.train.metric,
-        patience=config.train.early_stopping_patience,
-        device=device,
-    )
-    hooks = Hooks(
-        phase_start=phase_start, epoch_start=epoch_start, step=progress.step, epoch_end=epoch_end
-    )
+    recorder = _Recorder(run_dir, prep, log, digest, quiet)
     try:
         state = train(
             model,
-            backbone.groups,
-            plan,
-            train_loader,
-            val_loader,
-            labels,
-            settings,
-            hooks,
+            prep.backbone.groups,
+            prep.plan,
+            prep.train_loader,
+            prep.val_loader,
+            prep.labels,
+            prep.settings,
+            recorder.hooks(),
             state,
             resume=checkpoint,
+            objective=prep.objective,
         )
     except BaseException:
-        progress.stop()
+        recorder.progress.stop()
         if fresh and not (run_dir / CHECKPOINT).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth resuming: leave no trace
         raise
-
-    # Evaluate the best epoch's weights, then save them as the model.
-    model.load_state_dict(safetensors_load(str(best_path)))
-    results = _final_results(model, splits, labels, eval_loader, device)
+    if config.train.restore_best:  # evaluate and save the best epoch's weights
+        model.load_state_dict(safetensors_load(str(recorder.best_path)))
+    results = _final_results(prep)
     results.update(
         run=run_dir.name,
         backbone=config.backbone.name,
-        strategy=plan.strategy,
-        plan=plan.to_dict(),
+        strategy=prep.plan.strategy,
+        plan=prep.plan.to_dict(),
         best_epoch=state.best_epoch,
+        saved_epoch=state.best_epoch if config.train.restore_best else state.epoch,
         wall_time_s=time.perf_counter() - started,
-        trainable_params=trainable,
+        trainable_params=prep.trainable,
         total_params=sum(p.numel() for p in model.parameters()),
         peak_rss_mb=peak_rss_mb(),
         environment=environment(),
@@ -366,13 +568,13 @@ def fit(
     model.to("cpu").to(memory_format=torch.contiguous_format)
     save_model(
         run_dir / "model",
-        backbone,
-        splits.label_map,
-        plan=plan.to_dict(),
+        prep.backbone,
+        prep.splits.label_map,
+        plan=prep.plan.to_dict(),
         metrics={k: results[k] for k in ("validation", "test", "extra")},
     )
     atomic_write_text(run_dir / RESULTS, json.dumps(results, indent=1))
-    best_path.unlink(missing_ok=True)
+    recorder.best_path.unlink(missing_ok=True)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
     from graft.report import write_run_report
 
@@ -381,17 +583,51 @@ def fit(
     return FitResult(run_dir, results)
 
 
-def _final_results(
-    model: torch.nn.Module,
-    splits: Splits,
-    labels: list[str],
-    eval_loader: Any,
-    device: torch.device,
+def find_lr(
+    config: RunConfig, *, steps: int = 100, plot: Path | None = None, quiet: bool = False
 ) -> dict[str, Any]:
+    """``graft lr-find``: an exponential LR sweep over the first phase of the plan (Smith 2017),
+    on a copy of nothing: the model and optimizer are restored afterwards. Writes no run."""
+    from graft.cache import cached_loaders, head_only
+    from graft.lr_find import lr_find, plot_lr_find
+    from graft.train import apply_phase, phase_optimizer, set_train_mode
+
+    log = RunLog(quiet=quiet)
+    prep = prepare(config, log)
+    phase = prep.plan.phases[0]
+    apply_phase(prep.backbone.groups, phase)
+    model: torch.nn.Module = prep.backbone.model
+    loader = prep.train_loader
+    if prep.settings.feature_cache and head_only(phase):  # a linear probe sweeps in seconds
+        loader = cached_loaders(model, loader, prep.val_loader, prep.device).train
+        model = prep.backbone.model.head
+    frozen_bn = prep.settings.frozen_bn_updates
+    result = lr_find(
+        model,
+        loader,
+        prep.objective.loss,
+        lambda: phase_optimizer(prep.backbone.groups, phase, prep.settings),
+        num_steps=steps,
+        train_mode=lambda m: set_train_mode(m, frozen_bn),
+    )
+    out = result.to_dict()
+    if plot is not None:
+        out["plot"] = str(plot_lr_find(result, plot))
+    suggestion = f"{result.suggestion:.2e}" if result.suggestion else "none (sweep too short)"
+    log(
+        f"lr-find over phase {phase.name!r} ({len(result.lrs)} steps): "
+        f"suggested optim.lr {suggestion}"
+    )
+    return out
+
+
+def _final_results(prep: Prepared) -> dict[str, Any]:
+    model, splits = prep.backbone.model, prep.splits
+
     def measure(ex: Examples) -> dict[str, Any]:
-        out = evaluate(model, eval_loader(ex), device)
+        out = evaluate(model, prep.eval_loader(ex), prep.device)
         return classification_metrics(
-            out["targets"], out["logits"].argmax(1).numpy(), labels, loss=out["loss"]
+            out["targets"], out["logits"].argmax(1).numpy(), prep.labels, loss=out["loss"]
         )
 
     return {

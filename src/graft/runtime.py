@@ -48,6 +48,13 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
+def precision(device: torch.device) -> str:
+    """What :func:`autocast` does on ``device``, in words for the run log."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16 autocast"
+    return "fp32"
+
+
 def set_threads(threads: int | None) -> int:
     """Intra-op threads: all cores by default (a 2-core CPU runs matmuls at ~2x with 2 threads)."""
     n = threads or len(os.sched_getaffinity(0))

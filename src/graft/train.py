@@ -16,10 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from graft.cache import cached_loaders, head_only
 from graft.metrics import classification_metrics
-from graft.models.base import LayerGroup
-from graft.optim import build_optimizer, build_scheduler
+from graft.models.base import GraftModel, LayerGroup
+from graft.optim import build_optimizer, build_scheduler, is_closure_optimizer
 from graft.pipeline import Batch, set_epoch, to_device
+from graft.regularize import clip_gradients
 from graft.runtime import autocast, no_grad_eval
 from graft.strategies.plan import Phase, Plan
 
@@ -48,14 +50,45 @@ class LoopSettings:
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    decoupled_weight_decay: bool = True  # AdamW-style; False: L2 added to the gradient
+    body_weight_decay: float | None = None  # None: weight_decay (0 under L2-SP)
     momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     schedule: str = "cosine"
     warmup_ratio: float = 0.0
+    warmup_steps: int | None = None
+    schedule_options: dict[str, Any] = field(default_factory=dict)  # step_size, gamma, ...
     grad_accum: int = 1
     max_grad_norm: float | None = None
+    max_grad_value: float | None = None
     metric: str = "accuracy"
     patience: int | None = None
+    min_delta: float = 0.0  # an improvement smaller than this does not reset the patience
+    frozen_bn_updates: bool = False
+    feature_cache: bool = True  # train head-only phases on stored body features
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass
+class Objective:
+    """What each step minimises, and what it keeps true afterwards.
+
+    ``loss_fn(logits, targets)`` (targets may be class probabilities, after MixUp/CutMix);
+    ``penalties``: objects with ``penalty() -> Tensor`` added to the loss (L1, L2-SP);
+    ``constraints``: objects with ``apply()`` run after every optimizer step (max-norm, ...).
+    """
+
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+    penalties: list[Any] = field(default_factory=list)
+    constraints: list[Any] = field(default_factory=list)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fn(logits.float(), targets)
+        for p in self.penalties:
+            loss = loss + p.penalty()
+        return loss
 
 
 def _noop(*_: Any) -> None:
@@ -66,45 +99,58 @@ def _noop(*_: Any) -> None:
 class Hooks:
     """Called by the loop at fixed points, in this order.
 
-    ``phase_start(index, phase, group_table)``; ``epoch_start(state, n_batches)``;
-    ``step(batch_index, loss, batch_size)``; ``epoch_end(state, record, is_best, optimizer,
-    scheduler)``.
+    ``phase_start(index, phase, group_table)``; ``message(text)``;
+    ``epoch_start(state, n_batches)``; ``step(batch_index, loss, batch_size)``;
+    ``epoch_end(state, record, is_best, optimizer, scheduler)``.
     """
 
     phase_start: Callable[..., None] = _noop
+    message: Callable[..., None] = _noop
     epoch_start: Callable[..., None] = _noop
     step: Callable[..., None] = _noop
     epoch_end: Callable[..., None] = _noop
 
 
 def apply_phase(groups: list[LayerGroup], phase: Phase) -> None:
-    """Set ``requires_grad``: the phase's groups train (only biases with ``params: bias``)."""
+    """Set ``requires_grad``: the phase's groups train (only biases with ``params: bias``, except
+    the new ``head``, which always trains whole: BitFit trains the classifier fully)."""
     training = set(phase.train)
     for g in groups:
+        whole = phase.params == "all" or g.name == "head"
         for name, p in g.params:
-            p.requires_grad_(
-                g.name in training and (phase.params == "all" or name.endswith("bias"))
-            )
+            p.requires_grad_(g.name in training and (whole or name.endswith("bias")))
 
 
-def set_train_mode(model: nn.Module) -> None:
+def set_train_mode(model: nn.Module, frozen_bn_updates: bool = False) -> None:
     """Train mode, except that every module whose parameters are all frozen is in eval mode:
-    its BatchNorm statistics stay fixed and its dropout is off (and it runs faster on CPU)."""
+    its BatchNorm statistics stay fixed and its dropout is off (and it runs faster on CPU).
+    ``frozen_bn_updates`` lets BatchNorm layers of frozen groups keep updating their statistics."""
     model.train()
     for module in model.modules():
         params = list(module.parameters())
         if params and not any(p.requires_grad for p in params):
             module.eval()
+    if frozen_bn_updates:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()
 
 
 def param_groups(
-    groups: list[LayerGroup], phase: Phase, lr: float, weight_decay: float
+    groups: list[LayerGroup],
+    phase: Phase,
+    lr: float,
+    weight_decay: float,
+    body_weight_decay: float | None = None,
 ) -> list[dict]:
     """One optimizer group per (layer group, decay or not); biases and norm weights (1-D) get no
-    weight decay. Each carries its own ``lr`` = base LR × the phase's multiplier."""
+    weight decay. Each carries its own ``lr`` = base LR × the phase's multiplier.
+    ``body_weight_decay`` overrides the decay of every group but the head (0 under L2-SP, whose
+    penalty replaces weight decay on the backbone)."""
     out = []
     for g in groups:
         trainable = [(n, p) for n, p in g.params if p.requires_grad]
+        wd = weight_decay if g.name == "head" or body_weight_decay is None else body_weight_decay
         for decay in (True, False):
             ps = [p for _, p in trainable if (p.ndim > 1) == decay]
             if ps:
@@ -112,7 +158,7 @@ def param_groups(
                     {
                         "params": ps,
                         "lr": lr * phase.multiplier(g.name),
-                        "weight_decay": weight_decay if decay else 0.0,
+                        "weight_decay": wd if decay else 0.0,
                         "group": g.name,
                     }
                 )
@@ -157,7 +203,7 @@ def score(metrics: dict[str, Any], metric: str) -> float:
 
 
 def train(
-    model: nn.Module,
+    model: GraftModel,
     groups: list[LayerGroup],
     plan: Plan,
     train_loader: DataLoader[Batch],
@@ -167,21 +213,18 @@ def train(
     hooks: Hooks,
     state: TrainState | None = None,
     resume: dict[str, Any] | None = None,
+    objective: Objective | None = None,
 ) -> TrainState:
     """Run ``plan`` from ``state`` (a fresh start by default). ``resume`` holds the optimizer and
-    scheduler states of the checkpoint that ``state`` came from."""
+    scheduler states of the checkpoint that ``state`` came from; ``objective`` the loss,
+    penalties and constraints (default: plain cross-entropy)."""
     state = state or TrainState()
+    objective = objective or Objective()
     device = settings.device
     while state.phase < len(plan.phases):
         phase = plan.phases[state.phase]
         apply_phase(groups, phase)
-        optimizer = build_optimizer(
-            settings.optimizer,
-            param_groups(groups, phase, settings.lr, settings.weight_decay),
-            lr=settings.lr,
-            weight_decay=settings.weight_decay,
-            momentum=settings.momentum,
-        )
+        optimizer = phase_optimizer(groups, phase, settings)
         # Optimizer steps in the phase: ceil(batches / grad_accum) per epoch.
         steps_per_epoch = -(-len(train_loader) // settings.grad_accum)
         scheduler = build_scheduler(
@@ -189,16 +232,32 @@ def train(
             optimizer,
             total_steps=steps_per_epoch * phase.epochs,
             warmup_ratio=settings.warmup_ratio,
+            warmup_steps=settings.warmup_steps,
+            **settings.schedule_options,
         )
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             resume = None
         hooks.phase_start(state.phase, phase, group_table(groups, phase, settings.lr))
+        # Head-only phase: the body is a frozen prefix, so its outputs can be computed once.
+        forward: nn.Module = model
+        phase_train, phase_val = train_loader, val_loader
+        # (Not when frozen BatchNorm layers update: then the body's output changes.)
+        if settings.feature_cache and head_only(phase) and not settings.frozen_bn_updates:
+            started = time.perf_counter()
+            cached = cached_loaders(model, train_loader, val_loader, device)
+            forward, phase_train, phase_val = model.head, cached.train, cached.val
+            hooks.message(
+                f"feature cache: body outputs computed in {time.perf_counter() - started:.1f}s"
+            )
         while state.phase_epoch < phase.epochs:
-            hooks.epoch_start(state, len(train_loader))
-            record = _train_epoch(model, train_loader, optimizer, scheduler, settings, hooks, state)
-            val = evaluate(model, val_loader, device)
+            hooks.epoch_start(state, len(phase_train))
+            set_train_mode(model, settings.frozen_bn_updates)
+            record = _train_epoch(
+                forward, phase_train, optimizer, scheduler, settings, objective, hooks, state
+            )
+            val = evaluate(forward, phase_val, device)
             preds = val["logits"].argmax(1).numpy()
             val_metrics = classification_metrics(
                 val["targets"], preds, label_names, loss=val["loss"]
@@ -215,11 +274,12 @@ def train(
             record["epoch"] = state.epoch
             state.history.append(record)
             current = score(val_metrics, settings.metric)
-            is_best = state.best_score is None or current > state.best_score
+            best = state.best_score
+            is_best = best is None or current > best
+            improved = best is None or current > best + settings.min_delta
+            state.stale_epochs = 0 if improved else state.stale_epochs + 1
             if is_best:
-                state.best_score, state.best_epoch, state.stale_epochs = current, state.epoch, 0
-            else:
-                state.stale_epochs += 1
+                state.best_score, state.best_epoch = current, state.epoch
             patience = phase.patience if phase.patience is not None else settings.patience
             early_stop = patience is not None and state.stale_epochs >= patience
             phase_done = early_stop or state.phase_epoch >= phase.epochs
@@ -238,34 +298,44 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     settings: LoopSettings,
+    objective: Objective,
     hooks: Hooks,
     state: TrainState,
 ) -> dict[str, Any]:
-    set_train_mode(model)
     set_epoch(loader, state.epoch)
     device, accum = settings.device, settings.grad_accum
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    clipping = settings.max_grad_norm is not None or settings.max_grad_value is not None
+    closure_based = is_closure_optimizer(optimizer)
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     n_batches = len(loader)
     for i, batch in enumerate(loader):
         batch = to_device(batch, device)
-        with autocast(device):
-            logits = model(**batch["inputs"])
-        loss = F.cross_entropy(logits.float(), batch["targets"])
-        # Average over the micro-batches of one step: 4 micro-batches of 32 = one step of 128.
-        (loss / accum).backward()
+        if closure_based:  # L-BFGS re-evaluates the same batch inside its line search
+            loss, logits = _closure_step(model, batch, optimizer, objective, device)
+        else:
+            with autocast(device):
+                logits = model(**batch["inputs"])
+            loss = objective.loss(logits, batch["targets"])
+            # Average over the micro-batches of a step: 4 micro-batches of 32 = a step of 128.
+            (loss / accum).backward()
         if (i + 1) % accum == 0 or i + 1 == n_batches:
-            if settings.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
-            optimizer.step()
+            if not closure_based:
+                if clipping:
+                    clip_gradients(trainable, settings.max_grad_norm, settings.max_grad_value)
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            for constraint in objective.constraints:
+                constraint.apply()
             state.step += 1
-        n = len(batch["targets"])
+        targets = batch["targets"]
+        hard = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix: soft targets
+        n = len(targets)
         total_loss += float(loss.detach()) * n
-        correct += int((logits.argmax(1) == batch["targets"]).sum())
+        correct += int((logits.argmax(1) == hard).sum())
         seen += n
         hooks.step(i, float(loss.detach()), n)
     elapsed = time.perf_counter() - started
@@ -279,7 +349,42 @@ def _train_epoch(
     }
 
 
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """(total, currently trainable) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
+def phase_optimizer(
+    groups: list[LayerGroup], phase: Phase, settings: LoopSettings
+) -> torch.optim.Optimizer:
+    """The optimizer of one phase, over the groups it trains, each at its own LR."""
+    return build_optimizer(
+        settings.optimizer,
+        param_groups(groups, phase, settings.lr, settings.weight_decay, settings.body_weight_decay),
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        momentum=settings.momentum,
+        nesterov=settings.nesterov,
+        betas=settings.betas,
+        eps=settings.eps,
+        decoupled_weight_decay=settings.decoupled_weight_decay,
+    )
+
+
+def _closure_step(
+    model: nn.Module,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    objective: Objective,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One closure-based optimizer step (L-BFGS) on one batch; the loss and logits before it."""
+    first: dict[str, torch.Tensor] = {}
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device):
+            logits = model(**batch["inputs"])
+        loss = objective.loss(logits, batch["targets"])
+        loss.backward()
+        first.setdefault("loss", loss.detach())
+        first.setdefault("logits", logits.detach())
+        return loss
+
+    optimizer.step(closure)  # type: ignore[arg-type]
+    return first["loss"], first["logits"]

@@ -22,6 +22,7 @@ from graft.models.base import (
     check_group_coverage,
     families,
     family,
+    set_dropout,
 )
 
 __all__ = [
@@ -78,8 +79,10 @@ def build_backbone(
     pooling: str = "mean",
     image_size: int | None = None,
     max_length: int = 128,
+    dropout: float | None = None,
 ) -> Backbone:
-    """Build a backbone with a new ``num_classes`` head, and check its layer groups."""
+    """Build a backbone with a new ``num_classes`` head, and check its layer groups.
+    ``dropout`` sets the rate of every dropout layer inside the body (None: the model's own)."""
     fam, model_name = resolve_source(name, source)
     backbone = family(fam)(
         model_name,
@@ -91,6 +94,8 @@ def build_backbone(
         max_length=max_length,
     )
     check_group_coverage(backbone.model, backbone.groups)
+    if dropout is not None:
+        set_dropout(backbone.model.body, dropout)
     return backbone
 
 

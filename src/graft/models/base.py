@@ -7,7 +7,7 @@ backbone families.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -134,19 +134,13 @@ def check_group_coverage(model: nn.Module, groups: list[LayerGroup]) -> None:
         raise AssertionError(f"duplicate group names: {[g.name for g in groups]}")
 
 
-def groups_from_prefixes(
-    model: nn.Module, ordered: Iterable[tuple[str, list[str]]]
-) -> list[LayerGroup]:
-    """Groups given as (name, [parameter-name prefixes]); a parameter joins the first group one of
-    whose prefixes it starts with."""
-    ordered = list(ordered)
-    buckets: dict[str, list[tuple[str, nn.Parameter]]] = {name: [] for name, _ in ordered}
-    for pname, p in model.named_parameters():
-        for gname, prefixes in ordered:
-            if any(pname == pre or pname.startswith(pre + ".") for pre in prefixes):
-                buckets[gname].append((pname, p))
-                break
-    return [LayerGroup(name, buckets[name]) for name, _ in ordered if buckets[name]]
+def set_dropout(module: nn.Module, p: float) -> int:
+    """Set the rate of every ``nn.Dropout`` inside ``module``; returns how many were set.
+    (Dropout costs 25-35% of a BERT training step on a 2-core CPU: 0 is a real speed option.)"""
+    layers = [m for m in module.modules() if isinstance(m, nn.Dropout)]
+    for m in layers:
+        m.p = p
+    return len(layers)
 
 
 BackboneBuilder = Callable[..., Backbone]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.errors import DataError
+from graft.errors import DataError, UsageError
 from graft.models.base import (
     Backbone,
     GraftModel,
@@ -75,7 +75,9 @@ def timm_groups(body: nn.Module, prefix: str = "body.") -> list[LayerGroup]:
         names = list(order.values())
     groups = []
     for i, pnames in enumerate(names):
-        name = "stem" if i == 0 and re.search(r"stem|conv1|patch_embed", pnames[0]) else None
+        # ViTs list cls_token/pos_embed before patch_embed: look at every name of the group.
+        stem = i == 0 and any(re.search(r"stem|conv1|patch_embed", n) for n in pnames)
+        name = "stem" if stem else None
         groups.append(
             LayerGroup(name or _group_name(pnames), [(prefix + n, params[n]) for n in pnames])
         )
@@ -118,10 +120,29 @@ def build_timm(
     the Hugging Face hub through timm (needs the network).
     """
     import timm
+    from timm.models import parse_model_name
 
+    # A name timm does not know is the user's mistake, not a failed download ("hf-hub:" and
+    # "local-dir:" names are loaded as given).
+    if parse_model_name(name)[0] is None and not timm.is_model(name):
+        raise UsageError(
+            f"backbone.name: unknown timm model {name!r}",
+            hint="see timm.list_models(), or use a torchvision model or hf:<hub id or folder>",
+        )
     offline = pretrained and name in OFFLINE_WEIGHTS
+    extra: dict[str, Any] = {}
+    native = timm.get_pretrained_cfg(name)
+    if (
+        image_size is not None
+        and native is not None
+        and native.fixed_input_size
+        and tuple(native.input_size)[-1] != image_size
+    ):
+        # A ViT's patch grid is fixed at build time: build it for the data's size (timm
+        # resamples the pretrained position embeddings to match).
+        extra["img_size"] = image_size
     try:
-        net = timm.create_model(name, pretrained=pretrained and not offline, num_classes=0)
+        net = timm.create_model(name, pretrained=pretrained and not offline, num_classes=0, **extra)
     except Exception as e:  # a hub download failing offline, a bad checkpoint, ...
         raise DataError(
             f"could not load pretrained weights for timm model {name!r}: {e}",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.errors import DataError
+from graft.errors import DataError, UsageError
 from graft.models.base import (
     Backbone,
     GraftModel,
@@ -88,6 +88,11 @@ def build_torchvision(
     the hub (needs the network)."""
     import torchvision
 
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise UsageError(
+            f"backbone.name: unknown torchvision classification model {name!r}",
+            hint="see torchvision.models.list_models(module=torchvision.models)",
+        )
     try:
         net = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
     except Exception as e:

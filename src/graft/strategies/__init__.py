@@ -98,3 +98,5 @@ def custom(groups: list[str], epochs: int, phases: list[dict[str, Any]]) -> Plan
 
 
 __all__ = ["Phase", "Plan", "build_plan", "register_strategy", "strategies"]
+
+from graft.strategies import catalog as _catalog  # noqa: E402,F401  (registers the catalogue)

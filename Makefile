@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` and `make test`. Each does its own set-up.
+.PHONY: setup demo test test-all lint format
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/graft demo
+
+test: setup lint
+	.venv/bin/python -m pytest -q
+
+# Also the slow tests (long real runs).
+test-all: setup
+	.venv/bin/python -m pytest -q --runslow
+
+lint:
+	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/mypy
+
+format:
+	.venv/bin/ruff format src tests benchmarks
+	.venv/bin/ruff check --fix src tests benchmarks

@@ -1,0 +1,108 @@
+"""The frozen-prefix feature cache.
+
+While a phase trains only the head, the whole body is frozen and in eval mode, and (without
+random augmentation) its output for an example never changes: compute it once, then train the
+head on the stored features. An epoch of a linear probe becomes a pass over a feature matrix
+instead of a forward pass through the network.
+
+The cached loaders reuse the original loader's batch sampler, so every epoch sees exactly the
+batches the uncached path would see, and the losses agree within float rounding. A cache lives
+for one phase: a phase that thaws any body group goes through the full model again, and the next
+head-only phase recomputes the features from the weights as they are then.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from graft.pipeline import Batch, EpochBatches, _identity, to_device
+from graft.runtime import autocast, no_grad_eval
+from graft.strategies.plan import Phase
+
+# Above this many bytes, features go to a memory-mapped file instead of RAM.
+IN_MEMORY_LIMIT = 1 << 30
+
+
+def head_only(phase: Phase) -> bool:
+    """Whether a phase trains nothing but the head (so the whole body is a frozen prefix)."""
+    return set(phase.train) == {"head"} and phase.params == "all"
+
+
+class FeatureBatches(torch.utils.data.Dataset[Batch]):
+    """Stored body features and targets, served a batch at a time like the original data."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor) -> None:
+        self.features, self.targets = features, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitems__(self, index: list[int]) -> Batch:
+        idx = torch.as_tensor(index)
+        return {"inputs": {"features": self.features[idx]}, "targets": self.targets[idx]}
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.__getitems__([i])
+
+
+def _storage(n: int, dim: int) -> torch.Tensor:
+    if n * dim * 4 <= IN_MEMORY_LIMIT:
+        return torch.empty((n, dim), dtype=torch.float32)
+    handle = tempfile.NamedTemporaryFile(prefix="graft-features-", suffix=".f32")  # noqa: SIM115
+    array = np.memmap(handle.name, dtype=np.float32, mode="w+", shape=(n, dim))
+    tensor = torch.from_numpy(array)
+    tensor._graft_file = handle  # type: ignore[attr-defined]  # keep the file alive with the data
+    return tensor
+
+
+@torch.no_grad()
+def compute_features(
+    model: torch.nn.Module, loader: DataLoader[Batch], device: torch.device
+) -> FeatureBatches:
+    """The body's output for every example of ``loader``'s dataset, in dataset order."""
+    sampler = loader.batch_sampler
+    assert isinstance(sampler, EpochBatches)
+    # One pass in a fixed order; large batches are fine in inference mode.
+    ordered = copy.copy(sampler)
+    ordered.shuffle = False
+    features: torch.Tensor | None = None
+    targets = torch.empty(sampler.n, dtype=torch.long)
+    with no_grad_eval(model), autocast(device):
+        for index in ordered:
+            batch = to_device(loader.dataset.__getitems__(index), device)  # type: ignore[attr-defined]
+            out = model.features(**batch["inputs"]).float().cpu()  # type: ignore[operator]
+            if features is None:
+                features = _storage(sampler.n, out.shape[1])
+            idx = torch.as_tensor(index)
+            features[idx] = out
+            targets[idx] = batch["targets"].cpu()
+    assert features is not None
+    return FeatureBatches(features, targets)
+
+
+@dataclass
+class CachedLoaders:
+    """The train and validation loaders of one phase, over stored features."""
+
+    train: DataLoader[Batch]
+    val: DataLoader[Batch]
+
+
+def cached_loaders(
+    model: torch.nn.Module,
+    train_loader: DataLoader[Batch],
+    val_loader: DataLoader[Batch],
+    device: torch.device,
+) -> CachedLoaders:
+    def over_features(loader: DataLoader[Batch]) -> DataLoader[Batch]:
+        data = compute_features(model, loader, device)
+        # The same sampler object: same batches, same order, same per-epoch shuffle.
+        return DataLoader(data, batch_sampler=loader.batch_sampler, collate_fn=_identity)
+
+    return CachedLoaders(over_features(train_loader), over_features(val_loader))

@@ -1,0 +1,211 @@
+"""Shared test set-up: offline Hugging Face, sensible threads, tiny backbones, small data helpers.
+
+Tiny backbones are random-initialised instances of every registered backbone family, built once
+per session. ``TINY_BACKBONES`` is keyed by family: a family registered without a tiny instance
+here makes ``test_models.py::test_every_family_has_a_tiny_instance`` fail, so new families are
+tested by the same matrix automatically.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before torch is imported (its OpenMP runtime reads it once, at load). With the default
+# active spin-waiting, 2 intra-op threads on a busy 2-core machine (another test run, a demo)
+# made a tiny training step 40x slower here (28 s instead of 0.7 s); passive waiting does not.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Never touch the network (graft imports transformers / huggingface_hub lazily, after this).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from graft.data.types import Examples
+from graft.errors import GraftError
+from graft.models import Backbone, build_backbone
+
+# One intra-op thread: the models here are tiny (a second thread buys little on them) and one
+# thread is immune to the oversubscription of a shared CI box or of pytest-xdist workers.
+# Integration runs set their own threads through train.threads.
+TEST_THREADS = 1
+torch.set_num_threads(TEST_THREADS)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    """``fit`` sets the thread count from ``train.threads``; keep it from leaking across tests."""
+    yield
+    if torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)
+
+
+def require_asset(locate: Any) -> Any:
+    """Call an asset locator; skip the test when the asset is absent (a present but broken asset
+    still fails the test further on)."""
+    try:
+        return locate()
+    except GraftError as e:
+        pytest.skip(f"offline asset not present: {e.message}")
+
+
+# --------------------------------------------------------------------------- tiny backbones
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """A tiny random-init backbone: ``name`` (or the tiny BERT folder), kwargs for the builder."""
+
+    family: str
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.family}-{self.name}"
+
+
+TINY_BERT = "<tiny-bert folder>"  # replaced by the session's saved tiny BERT
+
+TINY_BACKBONES: dict[str, list[Tiny]] = {
+    "timm": [
+        Tiny("timm", "test_efficientnet", {"image_size": 32}),
+        Tiny("timm", "test_vit", {"image_size": 32}),  # a non-CNN
+    ],
+    "torchvision": [
+        Tiny("torchvision", "mobilenet_v3_small", {"image_size": 32}),
+        Tiny("torchvision", "resnet18", {"image_size": 32}),  # conv1+bn1 stem
+    ],
+    "hf": [Tiny("hf", TINY_BERT, {"max_length": 16})],
+}
+ALL_TINY = [t for ts in TINY_BACKBONES.values() for t in ts]
+NUM_CLASSES = 3
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-32 BERT saved as a local Hugging Face folder, with the real MiniLM
+    tokenizer (its 30,522-token vocabulary) saved beside it."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from graft.assets import minilm_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(str(require_asset(minilm_dir)))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def tiny_name(tiny: Tiny, bert_dir: Path | None) -> str:
+    if tiny.name == TINY_BERT:
+        assert bert_dir is not None
+        return str(bert_dir)
+    return tiny.name
+
+
+def build_tiny(tiny: Tiny, bert_dir: Path | None, num_classes: int = NUM_CLASSES) -> Backbone:
+    """A fresh random-init instance (seeded, so two builds are identical)."""
+    torch.manual_seed(0)
+    return build_backbone(
+        tiny_name(tiny, bert_dir),
+        num_classes=num_classes,
+        source=tiny.family,
+        pretrained=False,
+        **tiny.kwargs,
+    )
+
+
+@pytest.fixture(scope="session", params=ALL_TINY, ids=lambda t: t.id)
+def tiny(request: pytest.FixtureRequest) -> Tiny:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tiny: Tiny, request: pytest.FixtureRequest) -> Backbone:
+    """One shared instance per tiny backbone. Tests must not change its weights."""
+    bert = request.getfixturevalue("tiny_bert_dir") if tiny.family == "hf" else None
+    return build_tiny(tiny, bert)
+
+
+# --------------------------------------------------------------------------- small data
+
+WORDS = "good bad great awful fine movie plot actor boring moving the a film dull".split()  # noqa: SIM905
+
+
+def random_examples(
+    modality: str, n: int, labels: list[str] | tuple[str, ...], seed: int = 0, size: int = 12
+) -> Examples:
+    """``n`` random examples with labels cycling through ``labels``: grey images of
+    ``size``×``size`` (resized by the pipeline) or short texts of real words."""
+    rng = np.random.default_rng(seed)
+    ys = [labels[i % len(labels)] for i in range(n)]
+    if modality == "image":
+        images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+        return Examples("image", images, ys, "random images")
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 9)))) for _ in range(n)]
+    return Examples("text", texts, ys, "random texts")
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def tiny_image_run_config(
+    train_source: dict[str, Any], out_dir: Path | str, **sections: dict[str, Any]
+) -> dict[str, Any]:
+    """A config mapping for a fast run of the random-init timm ``test_efficientnet``; each
+    keyword updates that section (``train={"epochs": 2}``)."""
+    config: dict[str, Any] = {
+        "backbone": {"name": "test_efficientnet", "source": "timm", "pretrained": False},
+        "data": {"train": train_source, "image_size": 32},
+        "strategy": {"name": "full"},
+        "train": {"epochs": 1, "batch_size": 16, "threads": 1, "progress": False},
+        "output": {"dir": str(out_dir)},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+def one_batch(backbone: Backbone, n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Model inputs for ``n`` random examples, made by graft's own pipeline."""
+    from graft.pipeline import Loaders
+
+    examples = random_examples(backbone.modality, n, ["a", "b", "c"], seed=seed)
+    loaders = Loaders(backbone.preprocess, backbone.tokenizer, False, 0, 0)
+    batch = next(iter(loaders.loader(examples, None, n, shuffle=False)))
+    return batch["inputs"]
