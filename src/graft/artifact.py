@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from graft.checkpoint import atomic_write, atomic_write_text
+from graft.atomic import atomic_write, atomic_write_text
 from graft.data.types import Examples, LabelMap
 from graft.errors import DataError, GraftError
 from graft.models import Backbone, rebuild

@@ -260,6 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             extras = [e for e in extras if e not in args.overrides]
         if extras:
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        # `--resume key=value`: the optional RUN_DIR swallowed an override.
+        resume = getattr(args, "resume", False)
+        if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+            args.overrides.append(resume)
+            args.resume = True
         if args.command is None:
             parser.print_help()
             return 2

@@ -14,20 +14,18 @@ importing this module is cheap and no global matplotlib backend is touched.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import html
 import io
 import itertools
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from graft.atomic import atomic_write_text
 from graft.errors import DataError
 
 if TYPE_CHECKING:
@@ -695,22 +693,6 @@ def render_run_report(run: RunData) -> str:
     return page(title, sections, header_html=header, footer_text=footer)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-
-
 def write_run_report(run_dir: Path) -> Path:
     """Write ``run_dir/report.html``, a self-contained report of one run, and return its path.
 
@@ -726,7 +708,7 @@ def write_run_report(run_dir: Path) -> Path:
     text = render_run_report(run)
     target = run.run_dir / REPORT_FILE
     try:
-        _write_atomic(target, text)
+        atomic_write_text(target, text)
     except OSError as exc:
         raise DataError(f"{target}: cannot write the report: {exc}") from exc
     return target

@@ -21,12 +21,11 @@ from safetensors.torch import load_file as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from graft.artifact import save_model
+from graft.atomic import atomic_write, atomic_write_text
 from graft.augment import build_augment, build_batch_mix
 from graft.cache import compute_features
 from graft.checkpoint import (
     CHECKPOINT,
-    atomic_write,
-    atomic_write_text,
     config_hash,
     load_checkpoint,
     restore_rng_states,
@@ -80,15 +79,18 @@ class FitResult:
         return None if test is None else float(test["accuracy"])
 
 
-def _examples(source: SourceConfig) -> Examples:
-    return load_examples(**source.model_dump())
+def _examples(source: SourceConfig, field: str) -> Examples:
+    try:
+        return load_examples(**source.model_dump())
+    except UsageError as e:  # an unknown dataset name, ...: say which config field holds it
+        raise UsageError(f"{field}: {e.message}", hint=e.hint) from None
 
 
 def load_splits(data: DataConfig) -> Splits:
     """Read every set the config names and split/subsample them (seeded, stratified)."""
-    train = _examples(data.train)
-    validation = _examples(data.validation) if data.validation else None
-    test = _examples(data.test) if data.test else None
+    train = _examples(data.train, "data.train")
+    validation = _examples(data.validation, "data.validation") if data.validation else None
+    test = _examples(data.test, "data.test") if data.test else None
     label_order = None
     if data.train.dataset is not None:
         info = get_dataset(data.train.dataset)
@@ -96,7 +98,9 @@ def load_splits(data: DataConfig) -> Splits:
         # A named set's own test split is used when the config names none.
         if test is None and "test" in info.splits and data.train.split in (None, "train"):
             test = load_examples(dataset=data.train.dataset, split="test")
-    extra = {name: _examples(src) for name, src in data.extra_eval.items()}
+    extra = {
+        name: _examples(src, f"data.extra_eval.{name}") for name, src in data.extra_eval.items()
+    }
     return make_splits(
         train,
         validation,

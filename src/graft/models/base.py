@@ -31,6 +31,18 @@ class Head(nn.Module):
         return self.fc(self.dropout(features))
 
 
+class ImageBody(nn.Module):
+    """An image network without its classifier (pooled features out), taking ``pixel_values``
+    by name like every graft body."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values)
+
+
 class GraftModel(nn.Module):
     """A backbone body that maps inputs to pooled features, and a head on top.
 

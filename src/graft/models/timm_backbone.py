@@ -17,6 +17,7 @@ from graft.models.base import (
     Backbone,
     GraftModel,
     Head,
+    ImageBody,
     ImagePreprocess,
     LayerGroup,
     register_family,
@@ -93,17 +94,6 @@ def _is_cnn(body: nn.Module) -> bool:
     return total > 0 and conv / total > 0.5
 
 
-class _TimmBody(nn.Module):
-    """A timm model without its classifier, taking ``pixel_values`` by name."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.net(pixel_values)
-
-
 @register_family("timm")
 def build_timm(
     name: str,
@@ -151,7 +141,7 @@ def build_timm(
     if offline:
         _load_lite0_weights(net)
     cfg: dict[str, Any] = dict(net.pretrained_cfg)  # type: ignore[arg-type]
-    body = _TimmBody(net)
+    body = ImageBody(net)
     width = int(net.num_features)  # type: ignore[arg-type]
     model = GraftModel(body, Head(width, num_classes, head_dropout), "image")
     groups = timm_groups(net, prefix="body.net.")

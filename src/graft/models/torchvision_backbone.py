@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from graft.errors import DataError, UsageError
@@ -17,6 +16,7 @@ from graft.models.base import (
     Backbone,
     GraftModel,
     Head,
+    ImageBody,
     ImagePreprocess,
     LayerGroup,
     register_family,
@@ -65,15 +65,6 @@ def torchvision_groups(net: nn.Module, prefix: str) -> list[LayerGroup]:
     return groups
 
 
-class _TorchvisionBody(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.net(pixel_values)
-
-
 @register_family("torchvision")
 def build_torchvision(
     name: str,
@@ -101,7 +92,7 @@ def build_torchvision(
             hint="check the network, or set backbone.pretrained=false",
         ) from None
     in_features = _replace_classifier(net)
-    model = GraftModel(_TorchvisionBody(net), Head(in_features, num_classes, head_dropout), "image")
+    model = GraftModel(ImageBody(net), Head(in_features, num_classes, head_dropout), "image")
     groups = torchvision_groups(net, "body.net.")
     groups.append(LayerGroup("head", list(model.head.named_parameters(prefix="head"))))
     spec = {
