@@ -15,10 +15,10 @@ test-all: setup
 	.venv/bin/python -m pytest -q --runslow
 
 lint:
-	.venv/bin/ruff check src tests benchmarks
-	.venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/ruff check src tests benchmarks scripts
+	.venv/bin/ruff format --check src tests benchmarks scripts
 	.venv/bin/mypy
 
 format:
-	.venv/bin/ruff format src tests benchmarks
-	.venv/bin/ruff check --fix src tests benchmarks
+	.venv/bin/ruff format src tests benchmarks scripts
+	.venv/bin/ruff check --fix src tests benchmarks scripts

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from common import (
     base_parser,
     child_main,
@@ -50,8 +49,8 @@ def _build(task: str) -> Any:
 
 def _graft_loaders(spec: dict[str, Any], backbone: Any) -> tuple[Any, Any, list[str]]:
     import numpy as np
-
     from data import fashion_mnist, vader_movies
+
     from graft.pipeline import Loaders
 
     if spec["task"] == "lite0":
@@ -88,9 +87,7 @@ def run_graft(spec: dict[str, Any]) -> dict[str, Any]:
     tl, vl, names = _graft_loaders(spec, backbone)
     epochs = spec["epochs"]
     plan = build_plan("full", {}, groups=backbone.group_names(), epochs=epochs)
-    settings = LoopSettings(
-        optimizer="adamw", lr=spec["lr"], weight_decay=0.01, schedule="cosine"
-    )
+    settings = LoopSettings(optimizer="adamw", lr=spec["lr"], weight_decay=0.01, schedule="cosine")
     started = time.perf_counter()
     state = train(model, backbone.groups, plan, tl, vl, names, settings, Hooks())
     total = time.perf_counter() - started
@@ -150,15 +147,17 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = base_parser(__doc__.splitlines()[0]).parse_args()
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
+    args = p.parse_args()
     quick = args.quick
     repeats = args.repeats or (1 if quick else 3)
     tasks = {
         # n examples → n / batch optimizer steps per epoch; epoch 1 is the warm-up.
-        "lite0": {"n": 256 if quick else 1024, "batch": 64, "lr": 1e-3},
-        "minilm": {"n": 128 if quick else 512, "batch": 32, "lr": 5e-5},
+        "lite0": {"n": 256 if quick else int(1024 * args.scale), "batch": 64, "lr": 1e-3},
+        "minilm": {"n": 128 if quick else int(512 * args.scale), "batch": 32, "lr": 5e-5},
     }
-    epochs = 2 if quick else 3
+    epochs = 2 if quick else args.epochs
     rows, records = [], []
     for task, sizes in tasks.items():
         per: dict[str, list[float]] = {"graft": [], "plain": []}

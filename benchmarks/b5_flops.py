@@ -1,4 +1,4 @@
-"""B5 — physical limit: achieved FLOP rate of ResNet-18 as a fraction of this CPU's fp32 matmul rate.
+"""B5 — physical limit: ResNet-18 FLOP rate as a fraction of this CPU's fp32 matmul rate.
 
 Each configuration runs in its own subprocess, which first measures the machine's sgemm rate
 (2048×2048 @ 2048×2048, fp32, repeated; median) and then the model:
@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from common import base_parser, child_main, median, run_child, save, table, verdict, wait_for_quiet
 
 

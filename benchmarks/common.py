@@ -123,6 +123,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="measured repeats per configuration")
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a lower 1-min load")
     p.add_argument("--max-wait", type=float, default=600, help="give up waiting after this (s)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the training-set sizes")
     p.add_argument("--no-save", action="store_true", help="do not append to results/*.jsonl")
     return p
 
@@ -148,7 +149,13 @@ def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     print(f"\n{title}")
     for j, r in enumerate(cells):
-        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        print(
+            "  "
+            + "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
         if j == 0:
             print("  " + "  ".join("-" * w for w in widths))
 

@@ -78,9 +78,7 @@ def vader_movies(train_size: int, test_size: int, seed: int = 0) -> TextSplits:
     from graft.data import load_examples, make_splits
 
     ex = load_examples(dataset="vader_movies")
-    splits = make_splits(
-        ex, train_size=train_size, test_size=test_size, val_size=64, seed=seed
-    )
+    splits = make_splits(ex, train_size=train_size, test_size=test_size, val_size=64, seed=seed)
     names = list(splits.label_map.names)
     assert splits.test is not None
     return TextSplits(

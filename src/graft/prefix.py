@@ -1,0 +1,236 @@
+"""The frozen-prefix cache at any cut: for phases that train some body groups but not the lowest.
+
+``partial(k)``, ``surgical``, the later phases of gradual unfreezing and chain-thaw freeze every
+group below the lowest one they train. That frozen prefix maps an example to the same activation
+every epoch, so it is computed once (:func:`cached_prefix_loaders`), and training runs the rest
+of the network from it. How, without per-architecture code:
+
+* **units**: the largest modules whose parameters all lie in the prefix (``conv_stem``,
+  ``blocks.0`` … for EfficientNet; ``embeddings``, ``layer.0`` … for BERT);
+* **entry**: the first module, in the order a forward pass calls them, whose parameters all lie
+  above the cut (``blocks.5``, ``encoder.layer.2``). Its first input is the prefix's output;
+* computing the cache: a pre-hook on the entry records that input and stops the forward pass;
+* training: each unit is swapped for a stub that returns the cached activation (nothing of the
+  prefix is computed) and the entry's pre-hook hands it the cached activation; the model's own
+  forward does the rest (masks, pooling, head).
+
+This holds for networks whose prefix hands one tensor to the entry (chains of stages: CNNs,
+transformer encoders). :meth:`PrefixCut.verify` checks it on real batches before a phase
+relies on it; where it fails (a skip connection over the cut), the phase runs uncached.
+
+Texts are stored unpadded (their real tokens only) and padded per batch: a padded position
+never affects a real token (attention masks it out), so the result is the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from graft.pipeline import Batch, EpochBatches, _identity, to_device
+from graft.runtime import autocast, no_grad_eval
+
+
+class _Stop(Exception):
+    """Raised by the entry's pre-hook to end a prefix-only forward pass."""
+
+
+class _Stub(nn.Module):
+    """Stands in for a prefix unit: returns the cached activation of the current batch."""
+
+    def __init__(self, cut: PrefixCut) -> None:
+        super().__init__()
+        self.cut = [cut]  # in a list: not a submodule
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.cut[0].pending
+
+
+class PrefixCut:
+    """The split of ``model.body`` below the groups that train (``frozen`` parameter ids)."""
+
+    def __init__(self, body: nn.Module, frozen: set[int], units: list[str], entry: str) -> None:
+        self.body, self.frozen, self.units, self.entry = body, frozen, units, entry
+        self.pending = torch.empty(0)
+
+    @classmethod
+    def find(
+        cls, body: nn.Module, frozen: set[int], sample: dict[str, torch.Tensor]
+    ) -> PrefixCut | None:
+        """The cut for ``frozen`` (the prefix's parameter ids), or None if there is no clean one.
+        ``sample`` is one batch of model inputs, used to see the order modules are called in."""
+        owned = {name: [id(p) for p in m.parameters()] for name, m in body.named_modules() if name}
+        units: list[str] = []
+        taken: tuple[str, ...] = ()
+        for name, ids in owned.items():  # pre-order: parents before children
+            if ids and all(i in frozen for i in ids) and not name.startswith(taken):
+                units.append(name)
+                taken = (*taken, name + ".")
+        candidates = {n for n, ids in owned.items() if ids and not any(i in frozen for i in ids)}
+        order: list[str] = []
+        modules = dict(body.named_modules())
+        handles = [
+            modules[n].register_forward_pre_hook(lambda _m, _a, n=n: order.append(n))
+            for n in candidates
+        ]
+        try:
+            with torch.no_grad():
+                body(**sample)
+        finally:
+            for h in handles:
+                h.remove()
+        if not units or not order:
+            return None
+        return cls(body, frozen, units, order[0])
+
+    def _entry(self) -> nn.Module:
+        return dict(self.body.named_modules())[self.entry]
+
+    def prefix_output(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Run the body only up to the entry; return the entry's input."""
+        captured: list[torch.Tensor] = []
+
+        def grab(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            captured.append(args[0])
+            raise _Stop
+
+        handle = self._entry().register_forward_pre_hook(grab)
+        try:
+            self.body(**inputs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return captured[0]
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Swap the prefix units for stubs and feed the entry from ``self.pending``."""
+        modules = dict(self.body.named_modules())
+        originals = {name: modules[name] for name in self.units}
+        for name in self.units:
+            _set_submodule(self.body, name, _Stub(self))
+        handle = self._entry().register_forward_pre_hook(lambda _m, args: (self.pending, *args[1:]))
+        try:
+            yield
+        finally:
+            handle.remove()
+            for name, module in originals.items():
+                _set_submodule(self.body, name, module)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+class CutModel(nn.Module):
+    """The model run from cached prefix activations: ``forward(prefix=..., **inputs)``."""
+
+    def __init__(self, model: nn.Module, cut: PrefixCut) -> None:
+        super().__init__()
+        self.model, self.cut = model, cut
+
+    def forward(self, prefix: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        self.cut.pending = prefix
+        return self.model(**inputs)
+
+
+class PrefixBatches(torch.utils.data.Dataset[Batch]):
+    """The original batches plus each example's cached prefix activation (``prefix``)."""
+
+    def __init__(self, base: Any, activations: list[torch.Tensor], text: bool) -> None:
+        self.base, self.activations, self.text = base, activations, text
+        self.targets = base.targets
+
+    def __len__(self) -> int:
+        return len(self.activations)
+
+    def __getitems__(self, index: list[int]) -> Batch:
+        if not self.text:  # images: the cached activation replaces the pixels
+            stacked = torch.stack([self.activations[i] for i in index])
+            targets = None if self.targets is None else torch.from_numpy(self.targets[index])
+            return {"inputs": {"prefix": stacked, "pixel_values": stacked}, "targets": targets}
+        batch = self.base.__getitems__(index)
+        width = batch["inputs"]["input_ids"].shape[1]
+        first = self.activations[index[0]]
+        padded = first.new_zeros((len(index), width, *first.shape[1:]))
+        for row, i in enumerate(index):
+            padded[row, : len(self.activations[i])] = self.activations[i]
+        batch["inputs"] = {**batch["inputs"], "prefix": padded}
+        return batch
+
+
+@dataclass
+class PrefixLoaders:
+    """The train and validation loaders of one phase over cached prefix activations, and the
+    model that consumes them (inside ``cut.installed()``)."""
+
+    cut: PrefixCut
+    model: CutModel
+    train: DataLoader[Batch]
+    val: DataLoader[Batch]
+
+
+@torch.no_grad()
+def _activations(
+    cut: PrefixCut, loader: DataLoader[Batch], device: torch.device
+) -> list[torch.Tensor]:
+    sampler = loader.batch_sampler
+    assert isinstance(sampler, EpochBatches)
+    dataset: Any = loader.dataset
+    out: list[torch.Tensor | None] = [None] * sampler.n
+    for index in EpochBatches(sampler.n, sampler.batch_size, False, lengths=sampler.lengths):
+        batch = to_device(dataset.__getitems__(index), device)
+        with autocast(device):
+            acts = cut.prefix_output(batch["inputs"]).float().cpu()
+        mask = batch["inputs"].get("attention_mask")
+        for row, i in enumerate(index):
+            # Text: keep the real tokens only (padding differs from batch to batch).
+            out[i] = acts[row, : int(mask[row].sum())].clone() if mask is not None else acts[row]
+    return out  # type: ignore[return-value]
+
+
+def cached_prefix_loaders(
+    model: Any,
+    frozen: set[int],
+    train_loader: DataLoader[Batch],
+    val_loader: DataLoader[Batch],
+    device: torch.device,
+) -> PrefixLoaders | str:
+    """Loaders over the frozen prefix's cached outputs, or the reason there are none."""
+    val_data: Any = val_loader.dataset
+    sample_index = list(range(min(4, len(val_data))))
+    sample = to_device(val_data.__getitems__(sample_index), device)["inputs"]
+    with no_grad_eval(model):
+        cut = PrefixCut.find(model.body, frozen, sample)
+        if cut is None:
+            return "no clean cut below the trained groups"
+        cut_model = CutModel(model, cut)
+        if not _verify(model, cut, cut_model, sample):
+            return f"the network is not a chain at {cut.entry} (a connection skips over the cut)"
+        loaders = []
+        for loader in (train_loader, val_loader):
+            acts = _activations(cut, loader, device)
+            data = PrefixBatches(loader.dataset, acts, "attention_mask" in sample)
+            loaders.append(
+                DataLoader(data, batch_sampler=loader.batch_sampler, collate_fn=_identity)
+            )
+    return PrefixLoaders(cut, cut_model, loaders[0], loaders[1])
+
+
+def _verify(model: nn.Module, cut: PrefixCut, cut_model: CutModel, inputs: dict[str, Any]) -> bool:
+    """The cached path gives the full forward's logits on a real batch."""
+    with torch.no_grad():
+        full = model(**inputs)
+        prefix = cut.prefix_output(inputs)
+        with cut.installed():
+            stitched = cut_model(prefix=prefix, **inputs)
+    return bool(torch.allclose(full, stitched, rtol=1e-4, atol=1e-5))
