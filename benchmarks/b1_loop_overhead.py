@@ -149,6 +149,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is warm-up)")
+    p.add_argument("--task", choices=["lite0", "minilm"], default=None, help="only this task")
     args = p.parse_args()
     quick = args.quick
     repeats = args.repeats or (1 if quick else 3)
@@ -160,6 +161,8 @@ def main() -> None:
     epochs = 2 if quick else args.epochs
     rows, records = [], []
     for task, sizes in tasks.items():
+        if args.task and task != args.task:
+            continue
         per: dict[str, list[float]] = {"graft": [], "plain": []}
         rss: dict[str, list[float]] = {"graft": [], "plain": []}
         loads = []

@@ -138,3 +138,13 @@ def test_text_prefix_cache_equals_uncached(tmp_path: Path, tiny_bert_dir: Path) 
     plain, _ = run("plain", False)
     assert "prefix cache:" in cached_log
     _assert_same_losses(cached, plain)
+
+
+def test_a_network_that_is_no_chain_at_the_cut_runs_uncached(tmp_path: Path) -> None:
+    # A ViT's position embedding reads the stem's patch grid: stubbing the stem cannot work.
+    config = _config(tmp_path, "vit", True, {"name": "partial", "k": 1})
+    config["backbone"]["name"] = "test_vit"
+    result = fit(validate(config), quiet=True)
+    log = (result.run_dir / "log.txt").read_text()
+    assert "prefix cache off" in log and "prefix cache:" not in log
+    assert len(_history(result.run_dir)) == 2

@@ -123,19 +123,22 @@ def apply_phase(groups: list[LayerGroup], phase: Phase) -> None:
             p.requires_grad_(g.name in training and (whole or name.endswith("bias")))
 
 
-def set_train_mode(model: nn.Module, frozen_bn_updates: bool = False) -> None:
+def set_train_mode(
+    model: nn.Module, frozen_bn_updates: bool = False, bn_eval: bool = False
+) -> None:
     """Train mode, except that every module whose parameters are all frozen is in eval mode:
     its BatchNorm statistics stay fixed and its dropout is off (and it runs faster on CPU).
-    ``frozen_bn_updates`` lets BatchNorm layers of frozen groups keep updating their statistics."""
+    ``frozen_bn_updates`` lets BatchNorm layers of frozen groups keep updating their statistics;
+    ``bn_eval`` fixes the statistics of every BatchNorm layer, trained ones included."""
     model.train()
     for module in model.modules():
         params = list(module.parameters())
         if params and not any(p.requires_grad for p in params):
             module.eval()
-    if frozen_bn_updates:
+    if frozen_bn_updates or bn_eval:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.train()
+                module.train(not bn_eval)
 
 
 def param_groups(
@@ -247,44 +250,56 @@ def train(
         )
         while state.phase_epoch < phase.epochs:
             hooks.epoch_start(state, len(phase_train))
-            set_train_mode(model, settings.frozen_bn_updates)
+            set_train_mode(model, settings.frozen_bn_updates, bn_eval=phase.bn == "eval")
             with context():  # the cached prefix is swapped in only while the model runs
                 record = _train_epoch(
                     forward, phase_train, optimizer, scheduler, settings, objective, hooks, state
                 )
                 val = evaluate(forward, phase_val, device)
-            preds = val["logits"].argmax(1).numpy()
-            val_metrics = classification_metrics(
-                val["targets"], preds, label_names, loss=val["loss"]
-            )
-            record.update(
-                phase=phase.name,
-                phase_index=state.phase,
-                val_loss=val["loss"],
-                val_accuracy=val_metrics["accuracy"],
-                val_macro_f1=val_metrics["macro_f1"],
-            )
-            state.epoch += 1
-            state.phase_epoch += 1
-            record["epoch"] = state.epoch
-            state.history.append(record)
-            current = score(val_metrics, settings.metric)
-            best = state.best_score
-            is_best = best is None or current > best
-            improved = best is None or current > best + settings.min_delta
-            state.stale_epochs = 0 if improved else state.stale_epochs + 1
-            if is_best:
-                state.best_score, state.best_epoch = current, state.epoch
-            patience = phase.patience if phase.patience is not None else settings.patience
-            early_stop = patience is not None and state.stale_epochs >= patience
-            phase_done = early_stop or state.phase_epoch >= phase.epochs
-            if phase_done:
-                state.phase, state.phase_epoch, state.stale_epochs = state.phase + 1, 0, 0
+            is_best, phase_done = _close_epoch(state, record, val, label_names, phase, settings)
             # The checkpoint written here already points at the next epoch (or phase).
             hooks.epoch_end(state, record, is_best, optimizer, scheduler)
             if phase_done:
                 break
     return state
+
+
+def _close_epoch(
+    state: TrainState,
+    record: dict[str, Any],
+    val: dict[str, Any],
+    label_names: list[str],
+    phase: Phase,
+    settings: LoopSettings,
+) -> tuple[bool, bool]:
+    """Record the epoch, track the best score and the patience; advance the state past the
+    epoch (and past the phase when it is over). Returns (is_best, phase_done)."""
+    preds = val["logits"].argmax(1).numpy()
+    metrics = classification_metrics(val["targets"], preds, label_names, loss=val["loss"])
+    state.epoch += 1
+    state.phase_epoch += 1
+    record.update(
+        epoch=state.epoch,
+        phase=phase.name,
+        phase_index=state.phase,
+        val_loss=val["loss"],
+        val_accuracy=metrics["accuracy"],
+        val_macro_f1=metrics["macro_f1"],
+    )
+    state.history.append(record)
+    current, best = score(metrics, settings.metric), state.best_score
+    is_best = best is None or current > best
+    improved = best is None or current > best + settings.min_delta
+    state.stale_epochs = 0 if improved else state.stale_epochs + 1
+    if is_best:
+        state.best_score, state.best_epoch = current, state.epoch
+    patience = phase.patience if phase.patience is not None else settings.patience
+    phase_done = (patience is not None and state.stale_epochs >= patience) or (
+        state.phase_epoch >= phase.epochs
+    )
+    if phase_done:
+        state.phase, state.phase_epoch, state.stale_epochs = state.phase + 1, 0, 0
+    return is_best, phase_done
 
 
 def _phase_inputs(

@@ -92,6 +92,7 @@ def custom(groups: list[str], epochs: int, phases: list[dict[str, Any]]) -> Plan
                 lr_scale=float(p.get("lr_scale", 1.0)),
                 params=p.get("params", "all"),
                 patience=p.get("patience"),
+                bn=p.get("bn", "train"),
             )
         )
     return Plan("custom", tuple(out))

@@ -26,6 +26,9 @@ class Phase:
     ``patience``: end the phase early once the validation metric has not improved for this many
     epochs (a transition "on plateau"; ``epochs`` is then the maximum). None: the run's
     early-stopping setting applies.
+    ``bn``: ``eval`` keeps the BatchNorm statistics of the training groups fixed too (their
+    affine weights still train) — what a head fitted on the frozen body's features needs, so
+    that its inputs do not shift the moment the body starts training.
     """
 
     name: str
@@ -35,6 +38,7 @@ class Phase:
     lr_scale: float = 1.0
     params: Literal["all", "bias"] = "all"
     patience: int | None = None
+    bn: Literal["train", "eval"] = "train"
 
     def multiplier(self, group: str) -> float:
         return self.lr_scale * self.lr_mult.get(group, 1.0)
