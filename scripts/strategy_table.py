@@ -54,10 +54,10 @@ SETUPS: dict[str, dict[str, Any]] = {
 SKIP = {"custom"}  # needs phases written out
 
 
-def run(setup: str, out: Path) -> list[dict[str, Any]]:
+def run(setup: str, out: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
     spec = SETUPS[setup]
     rows = []
-    for name in [s for s in strategies() if s not in SKIP]:
+    for name in only or [s for s in strategies() if s not in SKIP]:
         overrides = [*spec["overrides"], f"strategy.name={name}"]
         overrides += spec["per_strategy"].get(name, [])
         config = load_config(spec["config"], [*overrides, f"output.dir={out}/runs"])
@@ -122,11 +122,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/results", type=Path)
     parser.add_argument("--only", choices=list(SETUPS))
+    parser.add_argument(
+        "--strategies", help="comma-separated: re-run these and keep the other rows of the table"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    chosen = args.strategies.split(",") if args.strategies else None
     rows: list[dict[str, Any]] = []
+    previous = args.out / "strategies.json"
+    if chosen and previous.is_file():
+        rows = json.loads(previous.read_text())
     for setup in [args.only] if args.only else list(SETUPS):
-        rows += run(setup, args.out)
+        new = run(setup, args.out, chosen)
+        redone = {(r["setup"], r["strategy"]) for r in new}
+        rows = [r for r in rows if (r["setup"], r["strategy"]) not in redone] + new
         write_table(rows, args.out)
 
 

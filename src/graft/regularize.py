@@ -51,13 +51,13 @@ def _zero_like_loss(tensors: Sequence[Tensor]) -> Tensor:
 # Penalties
 
 
-class L1Penalty:
-    """``strength · Σ|w|``: the lasso penalty (Tibshirani 1996); drives weights to exactly zero
-    under proximal methods and towards zero under (sub)gradient descent."""
+class _WeightPenalty:
+    """A penalty on the trainable ones of some parameters, scaled by ``strength``; it only sums
+    parameters that currently require a gradient, so one object serves every phase."""
 
     def __init__(self, params: ParamsLike, strength: float) -> None:
         if strength < 0:
-            raise ValueError(f"L1Penalty: strength must be ≥ 0, got {strength}")
+            raise ValueError(f"{type(self).__name__}: strength must be ≥ 0, got {strength}")
         self.params = _params(params)
         self.strength = float(strength)
 
@@ -65,10 +65,21 @@ class L1Penalty:
         active = [p for p in self.params if p.requires_grad]
         if not active or self.strength == 0:
             return _zero_like_loss(self.params)
+        return self._value(active)
+
+    def _value(self, active: list[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+
+class L1Penalty(_WeightPenalty):
+    """``strength · Σ|w|``: the lasso penalty (Tibshirani 1996); drives weights to exactly zero
+    under proximal methods and towards zero under (sub)gradient descent."""
+
+    def _value(self, active: list[Tensor]) -> Tensor:
         return self.strength * torch.stack(torch._foreach_norm(active, 1)).sum()
 
 
-class L2Penalty:
+class L2Penalty(_WeightPenalty):
     """``strength/2 · Σ‖w‖²``: coupled L2 decay (Krogh & Hertz 1992) written as a loss term.
 
     Its gradient is ``strength · w``, exactly what torch's (coupled) ``weight_decay=strength``
@@ -77,16 +88,7 @@ class L2Penalty:
     weight decay of their own (L-BFGS) or to penalize only chosen parameters.
     """
 
-    def __init__(self, params: ParamsLike, strength: float) -> None:
-        if strength < 0:
-            raise ValueError(f"L2Penalty: strength must be ≥ 0, got {strength}")
-        self.params = _params(params)
-        self.strength = float(strength)
-
-    def penalty(self) -> Tensor:
-        active = [p for p in self.params if p.requires_grad]
-        if not active or self.strength == 0:
-            return _zero_like_loss(self.params)
+    def _value(self, active: list[Tensor]) -> Tensor:
         return 0.5 * self.strength * _sum_of_squares(active)
 
 
