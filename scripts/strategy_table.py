@@ -114,6 +114,9 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
                 f"{extra}{r['trainable_params']:,} | {r['epochs']} | {r['wall_time_s']:.0f}s |"
             )
         lines.append("")
+    reading = out / "strategies_reading.md"  # the humans' reading of the numbers, kept as is
+    if reading.is_file():
+        lines.append(reading.read_text())
     (out / "strategies.md").write_text("\n".join(lines))
     (out / "strategies.json").write_text(json.dumps(rows, indent=1))
 
