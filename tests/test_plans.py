@@ -229,11 +229,11 @@ def test_custom_multipliers_and_phases(effnet: Backbone) -> None:
     check_run(effnet, plan)
 
 
-def _train_everything(model: nn.Module, *_: Any) -> None:
+def _train_everything(model: nn.Module, *_: Any, **__: Any) -> None:
     model.train()
 
 
-def _thaw_everything(groups: list, phase: Phase, *_: Any) -> None:
+def _thaw_everything(groups: list, phase: Phase, *_: Any, **__: Any) -> None:
     for g in groups:
         for _, p in g.params:
             p.requires_grad_(True)
