@@ -251,9 +251,13 @@ def test_checks_catch_a_broken_loop(
     import graft.train
 
     monkeypatch.setattr(graft.train, target, broken)
-    # The top body group and the head train, so frozen groups still run in the training forward.
+    # The bottom group and the head train: the frozen groups sit above the cut, so they run in
+    # every training forward (frozen groups *below* the lowest trained one are served from the
+    # prefix cache and never run at all).
     groups = effnet.group_names()
-    plan = build_plan("custom", {"phases": [{"train": groups[-2:]}]}, groups=groups, epochs=1)
+    plan = build_plan(
+        "custom", {"phases": [{"train": [groups[0], "head"]}]}, groups=groups, epochs=1
+    )
     with pytest.raises(AssertionError):
         check_run(effnet, plan)
 
