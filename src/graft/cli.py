@@ -134,6 +134,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from graft.data import get_dataset, load_examples
     from graft.metrics import summary_line
 
+    if (args.dataset is None) == (args.path is None):
+        raise UsageError(
+            "graft eval needs one of --dataset NAME or --path FILE",
+            hint="e.g. graft eval runs/RUN --dataset vader_tweets",
+        )
     loaded = load_model(args.model)
     split = args.split
     if args.dataset and split is None:
