@@ -48,7 +48,6 @@ def _build(task: str) -> Any:
 
 
 def _graft_loaders(spec: dict[str, Any], backbone: Any) -> tuple[Any, Any, list[str]]:
-    import numpy as np
     from data import fashion_mnist, vader_movies
 
     from graft.pipeline import Loaders
@@ -61,18 +60,7 @@ def _graft_loaders(spec: dict[str, Any], backbone: Any) -> tuple[Any, Any, list[
         vl = loaders.loader(val.examples(), val.labels, 128, shuffle=False)
         return tl, vl, train.names
     text = vader_movies(spec["n"], 128)
-    loaders = Loaders(backbone.preprocess, backbone.tokenizer, False, 0, 0)
-    tl = loaders.loader(
-        text.examples("train"),
-        text.train_labels,
-        spec["batch"],
-        shuffle=True,
-        by_length=True,
-        train=True,
-    )
-    vl = loaders.loader(
-        text.examples("test"), np.asarray(text.test_labels), 64, shuffle=False, by_length=True
-    )
+    tl, vl = text.graft_loaders(backbone, spec["batch"], 64)
     return tl, vl, text.names
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from common import base_parser, child_main, median, run_child, save, table, verdict, wait_for_quiet
 
@@ -43,22 +42,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         bb = build_backbone("minilm", num_classes=2, max_length=128)
         text = vader_movies(spec["n"], spec["n_val"])
-        loaders = Loaders(bb.preprocess, bb.tokenizer, False, 0, 0)
-        tl = loaders.loader(
-            text.examples("train"),
-            text.train_labels,
-            spec["batch"],
-            shuffle=True,
-            by_length=True,
-            train=True,
-        )
-        vl = loaders.loader(
-            text.examples("test"),
-            np.asarray(text.test_labels),
-            2 * spec["batch"],
-            shuffle=False,
-            by_length=True,
-        )
+        tl, vl = text.graft_loaders(bb, spec["batch"], 2 * spec["batch"])
         names = text.names
     plan = build_plan("linear_probe", {}, groups=bb.group_names(), epochs=spec["epochs"])
     settings = LoopSettings(

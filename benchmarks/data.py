@@ -72,6 +72,19 @@ class TextSplits:
         labels = self.train_labels if which == "train" else self.test_labels
         return Examples("text", list(texts), [self.names[i] for i in labels], f"vader:{which}")
 
+    def graft_loaders(self, backbone, batch: int, eval_batch: int):
+        """graft's own train and test loaders: dynamic padding, length-grouped batches."""
+        from graft.pipeline import Loaders
+
+        loaders = Loaders(backbone.preprocess, backbone.tokenizer, False, 0, 0)
+        train = loaders.loader(
+            self.examples("train"), self.train_labels, batch, True, by_length=True, train=True
+        )
+        test = loaders.loader(
+            self.examples("test"), np.asarray(self.test_labels), eval_batch, False, by_length=True
+        )
+        return train, test
+
 
 def vader_movies(train_size: int, test_size: int, seed: int = 0) -> TextSplits:
     """VADER movie snippets: a seeded stratified train subset and a disjoint test split."""

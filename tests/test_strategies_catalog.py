@@ -228,12 +228,12 @@ class _Tensors(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
 
 def _loader(n: int, seed: int, shuffle: bool) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
-    from graft.pipeline import EpochBatches, _identity
+    from graft.pipeline import EpochBatches, identity_collate
 
     g = torch.Generator().manual_seed(seed)
     data = _Tensors(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 3, (n,), generator=g))
     return torch.utils.data.DataLoader(
-        data, batch_sampler=EpochBatches(n, 8, shuffle, seed), collate_fn=_identity
+        data, batch_sampler=EpochBatches(n, 8, shuffle, seed), collate_fn=identity_collate
     )
 
 

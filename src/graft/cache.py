@@ -13,7 +13,6 @@ head-only phase recomputes the features from the weights as they are then.
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from graft.pipeline import Batch, EpochBatches, _identity, to_device
+from graft.pipeline import Batch, batches_once, same_batches
 from graft.runtime import autocast, no_grad_eval
 from graft.strategies.plan import Phase
 
@@ -66,19 +65,14 @@ def compute_features(
     model: torch.nn.Module, loader: DataLoader[Batch], device: torch.device
 ) -> FeatureBatches:
     """The body's output for every example of ``loader``'s dataset, in dataset order."""
-    sampler = loader.batch_sampler
-    assert isinstance(sampler, EpochBatches)
-    # One pass in a fixed order; large batches are fine in inference mode.
-    ordered = copy.copy(sampler)
-    ordered.shuffle = False
+    n = len(loader.dataset)  # type: ignore[arg-type]
     features: torch.Tensor | None = None
-    targets = torch.empty(sampler.n, dtype=torch.long)
+    targets = torch.empty(n, dtype=torch.long)
     with no_grad_eval(model), autocast(device):
-        for index in ordered:
-            batch = to_device(loader.dataset.__getitems__(index), device)  # type: ignore[attr-defined]
+        for index, batch in batches_once(loader, device):
             out = model.features(**batch["inputs"]).float().cpu()  # type: ignore[operator]
             if features is None:
-                features = _storage(sampler.n, out.shape[1])
+                features = _storage(n, out.shape[1])
             idx = torch.as_tensor(index)
             features[idx] = out
             targets[idx] = batch["targets"].cpu()
@@ -101,8 +95,6 @@ def cached_loaders(
     device: torch.device,
 ) -> CachedLoaders:
     def over_features(loader: DataLoader[Batch]) -> DataLoader[Batch]:
-        data = compute_features(model, loader, device)
-        # The same sampler object: same batches, same order, same per-epoch shuffle.
-        return DataLoader(data, batch_sampler=loader.batch_sampler, collate_fn=_identity)
+        return same_batches(compute_features(model, loader, device), loader)
 
     return CachedLoaders(over_features(train_loader), over_features(val_loader))

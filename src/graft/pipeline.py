@@ -202,8 +202,29 @@ class EpochBatches(Sampler[list[int]]):
             yield batches[j]
 
 
-def _identity(batch: Any) -> Any:
+def identity_collate(batch: Any) -> Any:
+    """Batches are made whole by ``__getitems__``: nothing left to collate."""
     return batch
+
+
+def batches_once(
+    loader: DataLoader[Batch], device: torch.device
+) -> Iterator[tuple[list[int], Batch]]:
+    """Every example of ``loader``'s dataset once, as (indexes, batch on ``device``), in a fixed
+    order (texts sorted by length: little padding). For computing a cache."""
+    sampler = loader.batch_sampler
+    assert isinstance(sampler, EpochBatches)
+    data: Any = loader.dataset
+    for index in EpochBatches(sampler.n, sampler.batch_size, False, lengths=sampler.lengths):
+        yield index, to_device(data.__getitems__(index), device)
+
+
+def same_batches(
+    data: torch.utils.data.Dataset[Batch], loader: DataLoader[Batch]
+) -> DataLoader[Batch]:
+    """A loader over ``data`` (e.g. cached activations) that yields exactly ``loader``'s batches:
+    the same sampler object, so the same per-epoch shuffle."""
+    return DataLoader(data, batch_sampler=loader.batch_sampler, collate_fn=identity_collate)
 
 
 @dataclass
@@ -252,7 +273,7 @@ class Loaders:
         return DataLoader(
             data,
             batch_sampler=sampler,
-            collate_fn=_identity,
+            collate_fn=identity_collate,
             num_workers=self.num_workers,
             persistent_workers=False,
         )

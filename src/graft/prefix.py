@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from graft.pipeline import Batch, EpochBatches, _identity, to_device
+from graft.pipeline import Batch, batches_once, same_batches, to_device
 from graft.runtime import autocast, no_grad_eval
 
 
@@ -185,13 +185,10 @@ def _activations(
     cut: PrefixCut, loader: DataLoader[Batch], device: torch.device
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each example's prefix output, in dataset order, and its target."""
-    sampler = loader.batch_sampler
-    assert isinstance(sampler, EpochBatches)
-    dataset: Any = loader.dataset
-    out: list[torch.Tensor | None] = [None] * sampler.n
-    targets = torch.empty(sampler.n, dtype=torch.long)
-    for index in EpochBatches(sampler.n, sampler.batch_size, False, lengths=sampler.lengths):
-        batch = to_device(dataset.__getitems__(index), device)
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    out: list[torch.Tensor | None] = [None] * n
+    targets = torch.empty(n, dtype=torch.long)
+    for index, batch in batches_once(loader, device):
         with autocast(device):
             acts = cut.prefix_output(batch["inputs"]).float().cpu()
         mask = batch["inputs"].get("attention_mask")
@@ -224,9 +221,7 @@ def cached_prefix_loaders(
         for loader in (train_loader, val_loader):
             acts, targets = _activations(cut, loader, device)
             data = PrefixBatches(loader.dataset, acts, targets, "attention_mask" in sample)
-            loaders.append(
-                DataLoader(data, batch_sampler=loader.batch_sampler, collate_fn=_identity)
-            )
+            loaders.append(same_batches(data, loader))
     return PrefixLoaders(cut, cut_model, loaders[0], loaders[1])
 
 

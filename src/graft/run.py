@@ -294,7 +294,7 @@ def _check_modality(backbone: Backbone, splits: Splits, name: str) -> None:
         )
 
 
-def _check_closure_optimizer(settings: LoopSettings, backbone: Backbone, plan: Plan) -> None:
+def _check_closure_optimizer(settings: LoopSettings, backbone: Backbone, trainable: int) -> None:
     from graft.optim import check_lbfgs_applicable
 
     if settings.optimizer != "lbfgs":
@@ -302,7 +302,7 @@ def _check_closure_optimizer(settings: LoopSettings, backbone: Backbone, plan: P
     if settings.grad_accum > 1:
         raise UsageError("optim.name: lbfgs steps on whole batches; set train.grad_accum=1")
     has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in backbone.model.modules())
-    reason = check_lbfgs_applicable(_trainable_in_plan(backbone, plan), has_dropout)
+    reason = check_lbfgs_applicable(trainable, has_dropout)
     if reason:
         raise UsageError(
             f"optim.name: lbfgs does not fit this run: {reason}",
@@ -395,7 +395,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         train=True,
     )
     settings = _settings(config, device, loaders.random)
-    _check_closure_optimizer(settings, backbone, plan)
+    _check_closure_optimizer(settings, backbone, trainable)
     _initialize(config.init, backbone, train_loader, device, log)
     prepared = Prepared(
         config=config,
