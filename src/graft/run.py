@@ -11,6 +11,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -419,8 +420,17 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
 class _Recorder:
     """The hooks of a fit: progress, the run log, metrics.jsonl, best weights, checkpoints."""
 
-    def __init__(self, run_dir: Path, prep: Prepared, log: RunLog, digest: str, quiet: bool):
+    def __init__(
+        self,
+        run_dir: Path,
+        prep: Prepared,
+        log: RunLog,
+        digest: str,
+        quiet: bool,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.run_dir, self.prep, self.log, self.digest = run_dir, prep, log, digest
+        self.on_epoch = on_epoch
         self.progress = EpochProgress(log.console, prep.config.train.progress and not quiet)
         self.best_path = run_dir / "best.safetensors"
 
@@ -469,6 +479,8 @@ class _Recorder:
             f"val F1 {record['val_macro_f1']:.4f}  {record['samples_per_s']:.1f} samples/s"
             + ("  *best*" if is_best else "")
         )
+        if self.on_epoch is not None:  # after the checkpoint: a pruned trial stays resumable
+            self.on_epoch(record)
 
 
 def _open_run_dir(config: RunConfig, digest: str) -> Path:
@@ -486,11 +498,15 @@ def fit(
     *,
     resume: bool | str | Path = False,
     quiet: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Fine-tune as the config says; return the run directory and results.
 
     ``config`` is a :class:`RunConfig` or a YAML path (with dotted ``overrides``). ``resume``:
     ``True`` continues the newest unfinished run with the same config, a path continues that run.
+    ``on_epoch(record)`` is called after each epoch's checkpoint with that epoch's metrics
+    (``epoch``, ``val_accuracy``, ``val_loss``, ...); an exception it raises stops the run
+    (hyperparameter search uses it to prune a trial).
     """
     if not isinstance(config, RunConfig):
         config = load_config(config, overrides)
@@ -531,7 +547,7 @@ def fit(
         restore_rng_states(checkpoint["rng"])
         log(f"resuming at epoch {state.epoch + 1} (phase {state.phase}, step {state.step})")
 
-    recorder = _Recorder(run_dir, prep, log, digest, quiet)
+    recorder = _Recorder(run_dir, prep, log, digest, quiet, on_epoch)
     try:
         state = train(
             model,
