@@ -8,10 +8,12 @@ demo: setup
 	.venv/bin/graft demo
 
 test: setup lint
+	@bash scripts/setup_test_tools.sh
 	.venv/bin/python -m pytest -q
 
 # Also the slow tests (long real runs).
 test-all: setup
+	@bash scripts/setup_test_tools.sh
 	.venv/bin/python -m pytest -q --runslow
 
 lint:
