@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from graft.atomic import atomic_write, atomic_write_text
+from graft.checkpoint import non_finite
 from graft.data.types import Examples, LabelMap
 from graft.errors import DataError, GraftError
 from graft.models import Backbone, rebuild
@@ -32,8 +33,10 @@ def save_model(
     *,
     plan: dict[str, Any],
     metrics: dict[str, Any] | None = None,
+    provenance: dict[str, str] | None = None,
 ) -> None:
-    """Write the model folder; the JSON is written last, so a folder with a JSON is complete."""
+    """Write the model folder; the JSON is written last, so a folder with a JSON is complete.
+    ``provenance``: the run's ``config_hash`` and ``data_fingerprint``, stored in the JSON."""
     from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,6 +51,7 @@ def save_model(
         "preprocess": backbone.preprocess.to_dict(),
         "plan": plan,
         "metrics": metrics or {},
+        **(provenance or {}),
     }
     atomic_write_text(folder / META, json.dumps(meta, indent=1))
 
@@ -137,12 +141,20 @@ def load_model(folder: str | Path) -> LoadedModel:
         detail = f"{type(e).__name__}: {e.message if isinstance(e, GraftError) else e}"
         raise DataError(f"{meta_path}: malformed model description ({detail})") from None
     try:
+        # safetensors: a header of names/shapes and raw tensor bytes, nothing that can execute.
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, FileNotFoundError, OSError) as e:
-        raise DataError(f"{folder / WEIGHTS}: unreadable weights ({e})") from None
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        raise DataError(
+            f"{folder / WEIGHTS}: unreadable weights ({e})",
+            hint="the file is truncated or not a safetensors file; copy the model folder again",
+        ) from None
+    bad = non_finite(state)
     if bad:
-        raise DataError(f"{folder / WEIGHTS}: NaN or Inf in {bad[:3]}")
+        raise DataError(
+            f"{folder / WEIGHTS}: NaN or Inf in the weights: {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
+            hint="the model is damaged (or its training diverged); it cannot predict",
+        )
     try:
         backbone.model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -1,16 +1,21 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of either.
 
 Write to a temporary file in the same folder, fsync it, rename it over the target (atomic on
-POSIX within one file system), fsync the folder so the rename itself is durable.
+POSIX within one file system), fsync the folder so the rename itself is durable. A process killed
+mid-write (SIGKILL, power loss) leaves the previous file and at most a stray temporary file, which
+:func:`remove_stale_temporaries` clears.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+from graft.errors import SaveError
 
 # mkstemp creates files readable by their owner only; give results the usual mode (0644 with the
 # common umask 022). Reading the umask means setting it, so do it once.
@@ -43,3 +48,43 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files that writes of ``path`` killed mid-way left behind; return them.
+    Call it only while no other process writes ``path``."""
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+@contextlib.contextmanager
+def saving(path: Path, what: str) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` (disk full, I/O error, permissions), also one
+    wrapped by another error, into a :class:`SaveError` that names the file and says the previous
+    version is intact."""
+    try:
+        yield
+    except Exception as e:
+        cause = _os_error(e)
+        if cause is None:
+            raise
+        raise SaveError(
+            f"{path}: could not write the {what} ({cause.strerror or cause})",
+            hint="free disk space or fix the folder, then continue with `graft fit --resume`; "
+            "the previous version of the file is intact (files are replaced atomically)",
+        ) from e
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``error``, if any: writers in C++ (``torch.save`` into a file)
+    report a failed write as a ``RuntimeError`` raised while handling the ``OSError``."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

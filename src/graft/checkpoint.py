@@ -1,36 +1,101 @@
-"""Atomic file writes and the training checkpoint that makes ``--resume`` exact.
+"""The training checkpoint that makes ``--resume`` exact, and the run's provenance digests.
 
-A checkpoint holds the model, the optimizer and scheduler of the current phase, the loop state
-(phase, epoch, step, best score, early-stopping counter, history) and every RNG state. It is
-written to a temporary file, fsynced, and renamed over the old one, so a crash mid-write leaves the
-previous checkpoint intact. It is read with ``torch.load(weights_only=True)``: no pickle code runs.
+A checkpoint holds everything a resumed run needs to continue bit for bit where it stopped: the
+model, the optimizer and scheduler of the current phase, the loop state (phase, epoch, batch
+within the epoch and the epoch's running sums, optimizer step, per-step losses, best score and
+epoch, early-stopping counter, history), every RNG state of the process, the plan, the config
+hash and the data fingerprint. Data-loader workers need no saved state: every random draw of the
+input pipeline is a pure function of (seed, epoch, batch), see :mod:`graft.pipeline`.
+
+It is written by :func:`graft.atomic.atomic_write` (temporary file, fsync, rename), so a process
+killed mid-write leaves the previous checkpoint intact, and it is never written with NaN/Inf
+weights (the last good checkpoint survives a diverging run). It is read with
+``torch.load(weights_only=True)``: no pickle code runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from graft.atomic import atomic_write
-from graft.errors import DataError
+from graft.atomic import atomic_write, saving
+from graft.errors import DataError, TrainingDiverged
+
+if TYPE_CHECKING:
+    from graft.data.types import Examples, Splits
 
 CHECKPOINT = "checkpoint.pt"
+
+# Settings that change where output goes or how often it is saved, never what is trained: a run
+# may be resumed with them changed. num_workers is among them because every random draw of data
+# loading is a pure function of (seed, epoch, batch), whichever process makes it.
+_NEUTRAL_TRAIN_KEYS = frozenset(
+    {
+        "progress",
+        "checkpoint_every",
+        "checkpoint_minutes",
+        "keep_checkpoint",
+        "num_workers",
+        "tensorboard",
+    }
+)
 
 
 def config_hash(config: dict[str, Any]) -> str:
     """A stable hash of the settings that change training (not where its output goes)."""
     relevant = {k: v for k, v in config.items() if k != "output"}
-    relevant["train"] = {k: v for k, v in relevant.get("train", {}).items() if k != "progress"}
+    relevant["train"] = {
+        k: v for k, v in relevant.get("train", {}).items() if k not in _NEUTRAL_TRAIN_KEYS
+    }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def data_fingerprint(splits: Splits) -> str:
+    """A hash of every example the run reads (train, validation, test, extra sets, in split
+    order) and its label: the text itself, the pixels of in-memory images, the bytes of image
+    files (one read of each file; not their names or dates, so a copied dataset still matches).
+    A changed CSV, a relabeled example or an edited image changes it."""
+    h = hashlib.blake2b(digest_size=16)
+    named = [("train", splits.train), ("validation", splits.validation), ("test", splits.test)]
+    for name, examples in [*named, *sorted(splits.extra.items())]:
+        if examples is not None:
+            h.update(f"\0{name}\0{len(examples)}\0".encode())
+            _hash_examples(h, examples)
+    return h.hexdigest()
+
+
+def _hash_examples(h: Any, examples: Examples) -> None:
+    inputs = examples.inputs
+    if isinstance(inputs, np.ndarray):
+        h.update(f"{inputs.dtype}{inputs.shape}".encode())
+        h.update(np.ascontiguousarray(inputs).data)
+    else:
+        for item in inputs:
+            if isinstance(item, str):
+                data = item.encode("utf-8", "surrogatepass")
+            else:  # an image file
+                data = _file_bytes(Path(item))
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+    h.update(json.dumps(list(examples.labels)).encode())
+
+
+def _file_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def rng_states() -> dict[str, Any]:
+    """The process's RNG states: python, numpy, torch (CPU and every GPU)."""
     np_state: Any = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -42,6 +107,7 @@ def rng_states() -> dict[str, Any]:
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
+    """Set the RNG states saved by :func:`rng_states`."""
     py = states["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     kind, keys, *rest = states["numpy"]
@@ -49,6 +115,22 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def non_finite(tensors: dict[str, Any]) -> list[str]:
+    """Names of floating-point tensors in a (nested) state dict that hold NaN or Inf."""
+    bad: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(prefix)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+
+    walk("", tensors)
+    return bad
 
 
 def save_checkpoint(
@@ -60,27 +142,66 @@ def save_checkpoint(
     state: dict[str, Any],
     plan: dict[str, Any],
     config_digest: str,
+    data_digest: str | None = None,
 ) -> None:
+    """Write the checkpoint atomically. Refuses (:class:`TrainingDiverged`) to replace the last
+    good checkpoint by one with NaN/Inf weights or optimizer state; raises :class:`SaveError`
+    when the disk is full or the write fails (the previous checkpoint stays intact)."""
+    model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
+    bad = non_finite(model_state) + non_finite(optimizer_state["state"])
+    if bad:
+        raise TrainingDiverged(
+            f"training diverged: NaN or Inf in {', '.join(bad[:3])} at step {state['step']}",
+            hint="the last good checkpoint is kept; lower optim.lr or set train.max_grad_norm",
+        )
     payload = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": model_state,
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
         "state": state,
         "plan": plan,
         "rng": rng_states(),
         "config_hash": config_digest,
+        "data_fingerprint": data_digest,
     }
-    atomic_write(run_dir / CHECKPOINT, lambda f: torch.save(payload, f))
+    path = run_dir / CHECKPOINT
+    with saving(path, "checkpoint"):
+        atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """Read the run's checkpoint (a :class:`DataError` if it is missing or unreadable)."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise DataError(
             f"{path}: no checkpoint to resume from",
-            hint="the run stopped before its first epoch ended; start it again without --resume",
+            hint="the run stopped before its first checkpoint; start it again without --resume",
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # weights_only: tensors and plain data only, so a planted pickle cannot run code.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message ends by suggesting weights_only=False: the one thing not to do
+        # with a file from elsewhere, so it is not passed on.
+        raise DataError(
+            f"{path}: refused: the file holds Python objects other than tensors and plain data "
+            "(it was not loaded, none of its code ran)",
+            hint="a graft checkpoint never does; do not resume from a file you did not make",
+        ) from None
     except Exception as e:  # a truncated or foreign file
         raise DataError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    # A foreign file that loads (any state dict) must not fail later with a KeyError.
+    if not isinstance(checkpoint, dict):
+        raise DataError(f"{path}: not a graft checkpoint (a {type(checkpoint).__name__})")
+    missing = [k for k in ("model", "state", "config_hash") if k not in checkpoint]
+    if missing or not isinstance(checkpoint["model"], dict):
+        what = f"no {', '.join(missing)}" if missing else "its model is not a state dict"
+        raise DataError(f"{path}: not a graft checkpoint ({what})")
+    bad = non_finite(checkpoint["model"])
+    if bad:
+        raise DataError(
+            f"{path}: NaN or Inf in the weights: {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
+            hint="the checkpoint is damaged; start the run again without --resume",
+        )
+    return checkpoint

@@ -2,7 +2,12 @@
 
 Exit codes: 0 success, 1 an internal error (a bug: a traceback is shown), 2 a usage mistake (bad
 command line, config field, unknown name), 3 a data problem (missing, corrupt or malformed file),
-130 interrupted.
+4 training diverged (NaN/Inf loss; the last good checkpoint is kept), 5 a file could not be
+written (disk full, I/O error; the previous checkpoint is intact), 130 interrupted by Ctrl-C
+(SIGINT), 143 stopped by SIGTERM. ``graft fit`` stopped by the first SIGTERM or Ctrl-C finishes
+its step, commits a checkpoint and exits with 143 or 130 (``--resume`` continues it exactly); a
+second Ctrl-C aborts at once (130, no checkpoint), a second SIGTERM ends the process as SIGTERM
+does by default. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from graft.errors import GraftError, UsageError
+from graft.errors import GraftError, Interrupted, UsageError
 
 EXAMPLES = """\
 examples:
@@ -25,7 +30,11 @@ examples:
   graft eval runs/RUN --dataset vader_tweets
   graft predict runs/RUN "a moving, beautifully shot film" "two hours I will never get back"
   graft predict runs/RUN shoe.png shirt.png --json
+  graft search configs/search_vader_minilm.yaml --workers 2
+  graft auto fashion_mnist --budget 15m
   graft list strategies
+  graft compare configs/vader_minilm.yaml --strategies full,linear_probe,lp_ft --seeds 3
+  graft report runs/compare-vader_minilm --output report.html
 """
 
 
@@ -72,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue an interrupted run (default: the newest unfinished one with this config)",
     )
+    fit.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue even if the config or the data changed since the run began",
+    )
+    fit.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms only (same as train.deterministic=true)",
+    )
     fit.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     ev = sub.add_parser(
@@ -115,15 +134,80 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--configs", default="configs", help="folder with the demo configs")
     demo.add_argument("--output", default="runs/demo", help="where the run directories go")
 
+    _add_compare_parsers(sub)
+    _add_search_parsers(sub)
+
     ls = sub.add_parser("list", help="list backbones families, strategies or datasets")
     ls.add_argument("what", choices=["strategies", "datasets", "backbones"])
     return parser
 
 
+def _add_compare_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    cmp = sub.add_parser(
+        "compare",
+        help="run several strategies × seeds on the same splits; leaderboard and report",
+        description="Every strategy × seed of a config (its `compare:` block, or --strategies and "
+        "--seeds) on the same data splits and budget, each run a `graft fit` in "
+        "output.dir/compare-NAME/. Rerunning the same command resumes: finished runs are kept. "
+        "Ends with a leaderboard (mean ± std, significance against the best) and report.html.",
+    )
+    cmp.add_argument("config", help="the base run config (YAML), optionally with compare:")
+    cmp.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the base config")
+    cmp.add_argument("--strategies", help="comma-separated strategy names (replace compare:'s)")
+    cmp.add_argument("--seeds", help="how many seeds (3), or which (0,1,2); varies train.seed")
+    cmp.add_argument("--name", help="the compare directory's name (default: the config's)")
+    cmp.add_argument("--resume", action="store_true", help="insist on continuing a compare")
+    cmp.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every fit in this process (faster start; peak memory is then not per run)",
+    )
+    cmp.add_argument("--verbose", action="store_true", help="show each run's own log")
+    cmp.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    rep = sub.add_parser(
+        "report",
+        help="one comparison report (HTML) from finished runs or compare directories",
+        description="Group the runs by strategy and write the comparison report: leaderboard "
+        "over seeds, curves, cost, domain shift, best run, configs, environment.",
+    )
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run or compare directories")
+    rep.add_argument("--output", "-o", default="report.html", help="the HTML file to write")
+    rep.add_argument("--title", help="the report's title")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from graft.compare import compare
+
+    result = compare(
+        args.config,
+        args.overrides,
+        strategies=args.strategies,
+        seeds=args.seeds,
+        name=args.name,
+        resume=args.resume,
+        isolate=not args.in_process,
+        quiet=args.quiet,
+        verbose=args.verbose,
+    )
+    print(f"{result.compare_dir}\treport {result.report}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from graft.compare_report import report_from_dirs
+
+    print(report_from_dirs(args.runs, args.output, args.title))
+    return 0
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from graft.run import fit
 
-    result = fit(args.config, args.overrides, resume=args.resume, quiet=args.quiet)
+    if args.force and not args.resume:
+        raise UsageError("--force applies to --resume only")
+    overrides = [*args.overrides, *(["train.deterministic=true"] if args.deterministic else [])]
+    result = fit(args.config, overrides, resume=args.resume, force=args.force, quiet=args.quiet)
     acc = result.test_accuracy
     print(f"{result.run_dir}\ttest accuracy {acc:.4f}" if acc is not None else str(result.run_dir))
     return 0
@@ -243,6 +327,116 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_search_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    se = sub.add_parser(
+        "search",
+        help="hyperparameter search (grid, random, TPE, CMA-ES; pruning) over any config field",
+        description="A config with a `search:` section (space, n_trials/timeout, metric, sampler, "
+        "pruner) runs one `graft fit` per trial in output.dir/search-NAME/ with Optuna; weak "
+        "trials are pruned from their per-epoch validation metric. Writes best_config.yaml, "
+        "search.json and report.html. The study lives in study.db there, or in --storage.",
+    )
+    se.add_argument("config", help="a run config (YAML) with a search: section")
+    se.add_argument("overrides", nargs="*", help="dotted.key=value overrides (search.* too)")
+    se.add_argument("--n-trials", type=int, help="total trials (overrides search.n_trials)")
+    se.add_argument("--timeout", help="wall-time budget, e.g. 15m (overrides search.timeout)")
+    se.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    se.add_argument(
+        "--storage",
+        help="an Optuna RDB URL, e.g. postgresql://user:pw@host/db, shared by workers on several "
+        "machines (default: sqlite study.db in the search directory)",
+    )
+    se.add_argument("--study-name", help="the study's name (default: the config file's stem)")
+    se.add_argument(
+        "--resume", action="store_true", help="continue a killed search; finished trials stay"
+    )
+    se.add_argument(
+        "--join", action="store_true", help="add workers to a running search (another machine)"
+    )
+    se.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    au = sub.add_parser(
+        "auto",
+        help="automated fine-tuning within a wall-time budget: probe, screen, search, train",
+        description="DATA is a named dataset (see `graft list datasets`) or a path (image folder, "
+        "CSV/TSV/JSONL, IDX). Picks a backbone for the data type, screens strategies cheaply (a "
+        "linear probe on cached features first, then short runs), searches around the winner, "
+        "trains the final model and writes a report, all within --budget.",
+    )
+    au.add_argument("data", help="a named dataset or a path")
+    au.add_argument(
+        "overrides", nargs="*", help="dotted.key=value set on every run, e.g. train.batch_size=64"
+    )
+    au.add_argument("--budget", default="15m", help="wall-time budget: 90s, 15m, 1h (15m)")
+    au.add_argument("--backbone", help="the backbone (default: by data type)")
+    au.add_argument("--train-size", type=int, help="cap on training examples")
+    au.add_argument("--val-size", type=int, help="cap on validation examples")
+    au.add_argument("--test-size", type=int, help="cap on test examples")
+    au.add_argument("--image-size", type=int, help="image side in pixels")
+    au.add_argument("--max-length", type=int, help="text length in tokens")
+    au.add_argument("--format", choices=["image_folder", "idx", "csv", "tsv", "jsonl"])
+    au.add_argument("--labels-path", help="the IDX labels file")
+    au.add_argument("--text-column", default="text")
+    au.add_argument("--label-column", default="label")
+    au.add_argument("--output", default="runs", help="where the auto directory goes (runs)")
+    au.add_argument("--name", help="the auto directory's name (default: auto-DATA)")
+    au.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from graft.search import search
+    from graft.search_space import parse_duration
+
+    timeout = parse_duration(args.timeout, "--timeout") if args.timeout is not None else None
+    if args.n_trials is not None and args.n_trials < 1:
+        raise UsageError("--n-trials must be at least 1")
+    result = search(
+        args.config,
+        args.overrides,
+        storage=args.storage,
+        study_name=args.study_name,
+        workers=args.workers,
+        resume=args.resume,
+        join=args.join,
+        n_trials=args.n_trials,
+        timeout=timeout,
+        quiet=args.quiet,
+    )
+    best = result.summary["best"]
+    value = f"\tbest {result.summary['metric']} {best['value']:.4f}" if best else ""
+    print(f"{result.search_dir}{value}")
+    return 0
+
+
+def _cmd_auto(args: argparse.Namespace) -> int:
+    from graft.auto import AutoOptions, run_auto
+    from graft.search_space import parse_duration
+
+    options = AutoOptions(
+        data=args.data,
+        budget_s=parse_duration(args.budget, "--budget"),
+        backbone=args.backbone,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        image_size=args.image_size,
+        max_length=args.max_length,
+        format=args.format,
+        labels_path=args.labels_path,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        output=args.output,
+        name=args.name,
+        quiet=args.quiet,
+        overrides=list(args.overrides),
+    )
+    result = run_auto(options)
+    acc = result.get("final", {}).get("test_accuracy")
+    shown = f"\ttest accuracy {acc:.4f}" if isinstance(acc, float) else ""
+    print(f"{result['auto_dir']}{shown}")
+    return 0
+
+
 COMMANDS = {
     "fit": _cmd_fit,
     "eval": _cmd_eval,
@@ -250,6 +444,10 @@ COMMANDS = {
     "lr-find": _cmd_lr_find,
     "demo": _cmd_demo,
     "list": _cmd_list,
+    "search": _cmd_search,
+    "auto": _cmd_auto,
+    "compare": _cmd_compare,
+    "report": _cmd_report,
 }
 
 
@@ -260,11 +458,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # other down 5-75x (measured here: 2 cores); sleeping waits cost nothing measurable when the
     # machine is idle (Lite0 training step 0.457 s vs 0.454 s). Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Every torch.load in the process (graft's, and libraries' such as torchvision's hub
+    # weights, which pass weights_only=False) reads tensors and plain data only: a pickle from
+    # elsewhere cannot run code. torch reads this at each load. An explicit opt-out is respected.
+    if "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ:
+        os.environ.setdefault("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
     parser = build_parser()
     try:
         args, extras = parser.parse_known_args(argv)
         # `graft fit c.yaml --quiet optim.lr=1e-3`: overrides may also follow an option.
-        if args.command in {"fit", "lr-find"}:
+        if args.command in {"fit", "lr-find", "compare", "search", "auto"}:
             args.overrides += [e for e in extras if "=" in e and not e.startswith("-")]
             extras = [e for e in extras if e not in args.overrides]
         if extras:
@@ -278,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         return COMMANDS[args.command](args)
+    except Interrupted as e:  # not an error: the run stopped as asked, with a checkpoint
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
     except GraftError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from graft.errors import UsageError
 
@@ -27,8 +34,9 @@ class SourceConfig(_Strict):
     dataset: str | None = None
     split: str | None = None
     format: Literal["image_folder", "idx", "csv", "tsv", "jsonl"] | None = None
-    path: str | None = None
-    labels_path: str | None = None
+    # min_length: an empty path (`data.train.path=`) would mean the working directory.
+    path: str | None = Field(None, min_length=1)
+    labels_path: str | None = Field(None, min_length=1)
     text_column: str = "text"
     label_column: str = "label"
 
@@ -75,6 +83,10 @@ class BackboneConfig(_Strict):
         ge=0,
         lt=1,
         description="set every dropout rate inside the backbone (default: its own)",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="run Python code shipped with a Hugging Face model: only one you trust",
     )
 
 
@@ -201,6 +213,33 @@ class TrainConfig(_Strict):
     feature_cache: bool = Field(True, description="head-only phases train on stored features")
     seed: int = 0
     progress: bool = True
+    deterministic: bool = Field(
+        False,
+        description="deterministic algorithms only (torch.use_deterministic_algorithms); "
+        "needed for reproducible GPU runs, CPU runs are reproducible without it",
+    )
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="also checkpoint every this many optimizer steps"
+    )
+    checkpoint_minutes: float | None = Field(
+        10.0, gt=0, description="also checkpoint when this many minutes passed since the last"
+    )
+    keep_checkpoint: bool = Field(
+        False, description="keep the last checkpoint when the run finishes (else it is deleted)"
+    )
+    tensorboard: bool = Field(
+        False, description="TensorBoard event files in RUN_DIR/tensorboard (graftkit[tensorboard])"
+    )
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _tensorboard_installed(cls, value: bool) -> bool:
+        if value:  # refused with the config, before any data is read or directory written
+            from graft.tensorboard import tensorboard_missing
+
+            if reason := tensorboard_missing():
+                raise ValueError(reason)
+        return value
 
 
 class OutputConfig(_Strict):
@@ -226,11 +265,27 @@ class RunConfig(_Strict):
         return self.model_dump(mode="json", exclude_none=False)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: plain YAML keeps the
+    last silently, so a forgotten second ``epochs:`` would quietly win."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"{path}: config file not found", hint="give the path to a YAML config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except UnicodeDecodeError as e:
         raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
@@ -245,6 +300,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"{path}: the config must be a mapping of sections, not {type(data).__name__}"
         )
     return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a mapping, unvalidated; errors name the file and line."""
+    return _read_yaml(Path(path))
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -277,7 +337,8 @@ def _format_errors(err: ValidationError, origin: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif "input" in e and not isinstance(e["input"], dict):
-            msg = f"{msg} (got {e['input']!r})"
+            got = repr(e["input"])  # cut: a value may be a whole pasted file
+            msg = f"{msg} (got {got if len(got) <= 80 else got[:80] + f'... ({len(got):,} chars)'})"
         lines.append(f"  {field}: {msg}")
     return f"{origin}: invalid config\n" + "\n".join(lines)
 
@@ -293,6 +354,9 @@ def validate(data: dict[str, Any], origin: str = "config") -> RunConfig:
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config (or start empty), apply dotted overrides, validate."""
     data = _read_yaml(Path(path)) if path is not None else {}
+    # A `graft compare` or `graft search` block: `graft fit` runs the base config.
+    data.pop("compare", None)
+    data.pop("search", None)
     for override in overrides:
         apply_override(data, override)
     return validate(data, origin=str(path) if path is not None else "config")

@@ -3,11 +3,19 @@
 Batches are fetched whole (``__getitems__``): an in-memory image set is indexed, resized and
 normalised as one tensor operation per batch instead of one Python call per image, and text is
 tokenised once up front and padded per batch to its longest sequence (no fixed 128/512 padding).
-Shuffling is a pure function of (seed, epoch), so a resumed run sees the same batches.
+Shuffling is a pure function of (seed, epoch), so a resumed run sees the same batches, and it can
+start in the middle of an epoch without loading the batches before. Every random draw of data
+augmentation is a pure function of (seed, epoch, batch): it is the same whether the main process
+or a worker makes it, with any number of workers, and in a run resumed mid-epoch. That is how the
+loader workers' RNG is reproducible without saving it: there is nothing to save.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import random
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +30,39 @@ from graft.data.types import Examples
 from graft.models.base import ImagePreprocess, TextPreprocess
 
 Batch = dict[str, Any]  # {"inputs": {name: tensor}, "targets": tensor | None}
+
+
+class BatchIndex(list[int]):
+    """The example indexes of one batch, and where the batch stands: ``epoch`` and ``position``
+    (its number in the epoch's order). Datasets seed their random draws from these; the list
+    travels to loader workers as it is (it pickles with its attributes)."""
+
+    def __init__(self, indexes: list[int], epoch: int, position: int) -> None:
+        super().__init__(indexes)
+        self.epoch, self.position = epoch, position
+
+
+def batch_seed(seed: int, epoch: int, position: int) -> int:
+    """The seed of one batch's random draws: a hash of (seed, epoch, position), so that nearby
+    batches get unrelated streams."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's CPU generator and Python's ``random`` seeded by ``seed``, and put
+    both back afterwards: the draws inside are a pure function of ``seed``, and the process's
+    own streams (dropout, ...) do not move. torchvision's v2 transforms, MixUp and CutMix draw
+    from these two."""
+    py_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
 
 
 def _resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -71,12 +112,14 @@ class ImageBatches(torch.utils.data.Dataset[Batch]):
         channels_last: bool,
         augment: ImageTransform | None = None,
         mix: BatchMix | None = None,
+        seed: int = 0,
     ) -> None:
         self.inputs = examples.inputs
         self.targets = targets
         self.prep = prep
         self.channels_last = channels_last
         self.augment, self.mix = augment, mix
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -98,10 +141,15 @@ class ImageBatches(torch.utils.data.Dataset[Batch]):
         return out
 
     def __getitems__(self, index: list[int]) -> Batch:
-        x = images_to_tensor(self._load(index), self.prep, self.augment)
-        y = None if self.targets is None else torch.from_numpy(self.targets[index])
-        if self.mix is not None and y is not None:
-            x, y = self.mix(x, y)  # y becomes class probabilities
+        random_draws = self.augment is not None or self.mix is not None
+        context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if random_draws and isinstance(index, BatchIndex):
+            context = seeded(batch_seed(self.seed, index.epoch, index.position))
+        with context:
+            x = images_to_tensor(self._load(index), self.prep, self.augment)
+            y = None if self.targets is None else torch.from_numpy(self.targets[index])
+            if self.mix is not None and y is not None:
+                x, y = self.mix(x, y)  # y becomes class probabilities
         x = (
             x.contiguous(memory_format=torch.channels_last)
             if self.channels_last
@@ -148,6 +196,9 @@ class TextBatches(torch.utils.data.Dataset[Batch]):
 class EpochBatches(Sampler[list[int]]):
     """Batches of indexes, shuffled by a permutation that depends only on (seed, epoch).
 
+    Iteration starts at batch ``start`` of the epoch (a run resumed mid-epoch): the batches
+    before it are neither loaded nor yielded, and ``len`` stays the whole epoch's.
+
     With ``lengths`` (text), batches group examples of similar length so that padding to each
     batch's longest sequence wastes little: when shuffling, the permutation is cut into chunks of
     ``BUCKET_BATCHES`` batches, each chunk sorted by length and cut into batches, and the batches
@@ -167,9 +218,11 @@ class EpochBatches(Sampler[list[int]]):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.lengths = lengths
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Serve ``epoch``'s batches from its batch number ``start`` on."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         return (self.n + self.batch_size - 1) // self.batch_size
@@ -180,6 +233,11 @@ class EpochBatches(Sampler[list[int]]):
         ]
 
     def __iter__(self) -> Iterator[list[int]]:
+        for position, indexes in enumerate(self._batches()):
+            if position >= self.start:
+                yield BatchIndex(indexes, self.epoch, position)
+
+    def _batches(self) -> Iterator[list[int]]:
         if not self.shuffle:
             order = (
                 np.arange(self.n)
@@ -224,7 +282,27 @@ def same_batches(
 ) -> DataLoader[Batch]:
     """A loader over ``data`` (e.g. cached activations) that yields exactly ``loader``'s batches:
     the same sampler object, so the same per-epoch shuffle."""
-    return DataLoader(data, batch_sampler=loader.batch_sampler, collate_fn=identity_collate)
+    return DataLoader(
+        data,
+        batch_sampler=loader.batch_sampler,
+        collate_fn=identity_collate,
+        generator=_private_generator(),
+    )
+
+
+def _private_generator() -> torch.Generator:
+    """For the seed a DataLoader draws each time it starts an iteration: drawn from the process's
+    generator, it would shift the dropout stream by one draw per iteration, and a run resumed
+    mid-epoch would start one iteration more than the run it continues."""
+    return torch.Generator().manual_seed(0)
+
+
+def _worker_init(_worker_id: int) -> None:
+    """Loader workers ignore SIGINT and SIGTERM (a Ctrl-C reaches the whole process group, a
+    container stop every process): the main process finishes its step, checkpoints and ends
+    them; killed on their own, they would fail that step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @dataclass
@@ -251,7 +329,7 @@ class Loaders:
             return TextBatches(examples, targets, self.tokenizer, self.prep)
         if train:
             return ImageBatches(
-                examples, targets, self.prep, self.channels_last, self.augment, self.mix
+                examples, targets, self.prep, self.channels_last, self.augment, self.mix, self.seed
             )
         return ImageBatches(examples, targets, self.prep, self.channels_last)
 
@@ -276,13 +354,16 @@ class Loaders:
             collate_fn=identity_collate,
             num_workers=self.num_workers,
             persistent_workers=False,
+            generator=_private_generator(),
+            worker_init_fn=_worker_init if self.num_workers else None,
         )
 
 
-def set_epoch(loader: DataLoader[Batch], epoch: int) -> None:
+def set_epoch(loader: DataLoader[Batch], epoch: int, start: int = 0) -> None:
+    """Serve ``epoch``'s batches from batch ``start`` on (see :class:`EpochBatches`)."""
     sampler = loader.batch_sampler
     if isinstance(sampler, EpochBatches):
-        sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch, start)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

@@ -1,7 +1,9 @@
 """Run-time decisions about the machine: device, precision, threads; and the environment record.
 
 Defaults are decided here, at run time, so they are right on this 2-core CPU without fast bf16
-(fp32, all cores for intra-op threads) and still right on a GPU (bf16 autocast).
+(fp32, all cores for intra-op threads) and still right on a GPU (bf16 autocast). Also here: the
+deterministic mode of ``--deterministic``, and the signal handling that turns SIGTERM and Ctrl-C
+into a checkpoint and a clean exit.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import contextlib
 import os
 import platform
 import resource
+import signal
 import sys
+import threading
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import torch
@@ -105,3 +110,78 @@ def no_grad_eval(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes.items():
             m.training = training
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool) -> Iterator[None]:
+    """With ``enabled``: only deterministic algorithms (an op without a deterministic
+    implementation raises instead of varying silently), cuDNN without autotuning, and cuBLAS
+    with a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, read when CUDA starts: set here unless
+    the user set it). The previous settings come back afterwards. The seeds are set by the
+    caller (every run seeds python, numpy and torch from ``train.seed``)."""
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2:]
+
+
+class StopRequest:
+    """Whether SIGTERM or SIGINT asked training to stop (see :func:`stop_on_signals`)."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signal_number).name if self.signal_number else ""
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """While the block runs, the first SIGTERM or SIGINT (Ctrl-C) only sets the flag of the
+    returned :class:`StopRequest`: the training loop finishes its step, commits a checkpoint and
+    raises :class:`~graft.errors.Interrupted`. A second signal aborts at once: SIGINT raises
+    ``KeyboardInterrupt`` wherever the program is, SIGTERM ends the process (its default).
+    Outside the main thread (where Python cannot install handlers) nothing changes."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handle(number: int, _frame: FrameType | None) -> None:
+        request.signal_number = number
+        # The next one aborts: the user (or the scheduler) insists.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # os.write, not print: a handler that prints while the program is printing would hit
+        # "reentrant call" in Python's buffered stderr.
+        note = (
+            f"\n{signal.Signals(number).name}: stopping after this step with a checkpoint "
+            "(send it again to abort at once)\n"
+        )
+        with contextlib.suppress(OSError):
+            os.write(2, note.encode())
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -2,11 +2,17 @@
 
 Short on purpose. Everything else (checkpoints, logs, progress) happens in named hooks that the
 loop calls explicitly; the runner (:mod:`graft.run`) supplies them.
+
+The loop can be stopped after any optimizer step and continued bit for bit: :class:`TrainState`
+holds where it is inside the epoch (the batch and the epoch's running sums) and the loss of every
+step, and the data pipeline can start an epoch at any batch. A NaN or Inf loss stops training
+(:class:`~graft.errors.TrainingDiverged`) before the optimizer applies it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,6 +24,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from graft.cache import cached_loaders, head_only
+from graft.checkpoint import restore_rng_states
+from graft.errors import TrainingDiverged
 from graft.metrics import classification_metrics
 from graft.models.base import GraftModel, LayerGroup
 from graft.optim import build_optimizer, build_scheduler, is_closure_optimizer
@@ -40,9 +48,17 @@ class TrainState:
     best_epoch: int = 0
     stale_epochs: int = 0  # epochs without improvement (early stopping)
     history: list[dict[str, Any]] = field(default_factory=list)
+    batch: int = 0  # batches finished in the current epoch (a checkpoint mid-epoch)
+    sums: dict[str, float] = field(default_factory=dict)  # the current epoch's running sums
+    losses: list[float] = field(default_factory=list)  # the loss of every optimizer step
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def at_phase_start(self) -> bool:
+        """Nothing of the current phase has run yet."""
+        return self.phase_epoch == 0 and self.batch == 0
 
 
 @dataclass
@@ -102,14 +118,18 @@ class Hooks:
     """Called by the loop at fixed points, in this order.
 
     ``phase_start(index, phase, group_table)``; ``message(text)``;
-    ``epoch_start(state, n_batches)``; ``step(batch_index, loss, batch_size)``;
-    ``epoch_end(state, record, is_best, optimizer, scheduler)``.
+    ``epoch_start(state, n_batches)``; ``step(batch_index, loss, batch_size)`` after each batch;
+    ``step_end(state, optimizer, scheduler, epoch_done)`` after each optimizer step, with
+    ``state`` complete for a checkpoint (``epoch_done``: it was the epoch's last step, the
+    epoch's evaluation and ``epoch_end`` follow); ``epoch_end(state, record, is_best,
+    optimizer, scheduler)``.
     """
 
     phase_start: Callable[..., None] = _noop
     message: Callable[..., None] = _noop
     epoch_start: Callable[..., None] = _noop
     step: Callable[..., None] = _noop
+    step_end: Callable[..., None] = _noop
     epoch_end: Callable[..., None] = _noop
 
 
@@ -220,12 +240,18 @@ def train(
     resume: dict[str, Any] | None = None,
     objective: Objective | None = None,
 ) -> TrainState:
-    """Run ``plan`` from ``state`` (a fresh start by default). ``resume`` holds the optimizer and
-    scheduler states of the checkpoint that ``state`` came from; ``objective`` the loss,
-    penalties and constraints (default: plain cross-entropy)."""
+    """Run ``plan`` from ``state`` (a fresh start by default). ``resume`` holds the optimizer,
+    scheduler and RNG states of the checkpoint that ``state`` came from; ``objective`` the
+    loss, penalties and constraints (default: plain cross-entropy)."""
     state = state or TrainState()
     objective = objective or Objective()
     device = settings.device
+    rng = resume.get("rng") if resume is not None else None
+    if rng is not None and state.at_phase_start:
+        # The checkpoint was written before this phase was set up: restore the RNG states
+        # before the set-up, as the interrupted run drew from them in this order.
+        restore_rng_states(rng)
+        rng = None
     while state.phase < len(plan.phases):
         phase = plan.phases[state.phase]
         apply_phase(groups, phase)
@@ -241,20 +267,34 @@ def train(
             **settings.schedule_options,
         )
         if resume is not None:
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
+            # A checkpoint at a phase boundary holds the finished phase's optimizer: this phase
+            # starts with a new one, as it did in the run that wrote the checkpoint.
+            if not state.at_phase_start:
+                optimizer.load_state_dict(resume["optimizer"])
+                scheduler.load_state_dict(resume["scheduler"])
             resume = None
         hooks.phase_start(state.phase, phase, group_table(groups, phase, settings.lr))
         forward, phase_train, phase_val, context = _phase_inputs(
             model, groups, phase, train_loader, val_loader, settings, hooks
         )
+        if rng is not None:  # a checkpoint inside this phase: its set-up came before it
+            restore_rng_states(rng)
+            rng = None
         while state.phase_epoch < phase.epochs:
             hooks.epoch_start(state, len(phase_train))
             set_train_mode(model, settings.frozen_bn_updates, bn_eval=phase.bn == "eval")
+            record = _train_epoch(
+                forward,
+                phase_train,
+                optimizer,
+                scheduler,
+                settings,
+                objective,
+                hooks,
+                state,
+                context,
+            )
             with context():  # the cached prefix is swapped in only while the model runs
-                record = _train_epoch(
-                    forward, phase_train, optimizer, scheduler, settings, objective, hooks, state
-                )
                 val = evaluate(forward, phase_val, device)
             is_best, phase_done = _close_epoch(state, record, val, label_names, phase, settings)
             # The checkpoint written here already points at the next epoch (or phase).
@@ -278,6 +318,7 @@ def _close_epoch(
     metrics = classification_metrics(val["targets"], preds, label_names, loss=val["loss"])
     state.epoch += 1
     state.phase_epoch += 1
+    state.batch, state.sums = 0, {}
     record.update(
         epoch=state.epoch,
         phase=phase.name,
@@ -347,26 +388,41 @@ def _train_epoch(
     objective: Objective,
     hooks: Hooks,
     state: TrainState,
+    context: Callable[[], Any] = contextlib.nullcontext,
 ) -> dict[str, Any]:
-    set_epoch(loader, state.epoch)
+    """Train one epoch, from batch ``state.batch`` on (0, or where a checkpoint stopped).
+    ``context()`` is entered around each forward pass only (the frozen-prefix cache swaps stubs
+    into the model there): between steps the model is whole, as a checkpoint must see it."""
+    set_epoch(loader, state.epoch, state.batch)
     device, accum = settings.device, settings.grad_accum
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     clipping = settings.max_grad_norm is not None or settings.max_grad_value is not None
     closure_based = is_closure_optimizer(optimizer)
-    total_loss, correct, seen = 0.0, 0, 0
-    started = time.perf_counter()
+    sums = {"loss": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, **state.sums}
+    started, earlier = time.perf_counter(), sums["time_s"]
+    step_losses: list[float] = []  # the micro-batch losses of the current optimizer step
     optimizer.zero_grad(set_to_none=True)
-    n_batches = len(loader)
-    for i, batch in enumerate(loader):
+    n_batches = len(loader)  # the whole epoch's, also when it starts past its first batch
+    for i, batch in enumerate(loader, start=state.batch):
         batch = to_device(batch, device)
         if closure_based:  # L-BFGS re-evaluates the same batch inside its line search
-            loss, logits = _closure_step(model, batch, optimizer, objective, device)
+            with context():
+                loss, logits = _closure_step(model, batch, optimizer, objective, device)
+            value = _finite(float(loss.detach()), state)
         else:
-            with autocast(device):
+            with context(), autocast(device):
                 logits = model(**batch["inputs"])
             loss = objective.loss(logits, batch["targets"])
+            value = _finite(float(loss.detach()), state)  # before anything is applied
             # Average over the micro-batches of a step: 4 micro-batches of 32 = a step of 128.
             (loss / accum).backward()
+        step_losses.append(value)
+        targets = batch["targets"]
+        hard = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix: soft targets
+        n = len(targets)
+        sums["loss"] += value * n
+        sums["correct"] += int((logits.argmax(1) == hard).sum())
+        sums["seen"] += n
         if (i + 1) % accum == 0 or i + 1 == n_batches:
             if not closure_based:
                 if clipping:
@@ -377,22 +433,33 @@ def _train_epoch(
             for constraint in objective.constraints:
                 constraint.apply()
             state.step += 1
-        targets = batch["targets"]
-        hard = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix: soft targets
-        n = len(targets)
-        total_loss += float(loss.detach()) * n
-        correct += int((logits.argmax(1) == hard).sum())
-        seen += n
-        hooks.step(i, float(loss.detach()), n)
-    elapsed = time.perf_counter() - started
+            state.losses.append(sum(step_losses) / len(step_losses))
+            step_losses.clear()
+            sums["time_s"] = earlier + time.perf_counter() - started
+            state.batch, state.sums = i + 1, dict(sums)
+            hooks.step_end(state, optimizer, scheduler, i + 1 == n_batches)
+        hooks.step(i, value, n)
+    seen, elapsed = max(sums["seen"], 1), earlier + time.perf_counter() - started
     return {
         "step": state.step,
-        "train_loss": total_loss / max(seen, 1),
-        "train_accuracy": correct / max(seen, 1),
+        "train_loss": sums["loss"] / seen,
+        "train_accuracy": sums["correct"] / seen,
         "lr": max(g["lr"] for g in optimizer.param_groups),
         "epoch_time_s": elapsed,
-        "samples_per_s": seen / max(elapsed, 1e-9),
+        "samples_per_s": sums["seen"] / max(elapsed, 1e-9),
     }
+
+
+def _finite(loss: float, state: TrainState) -> float:
+    """``loss``, if it is a number: a NaN or Inf loss means training diverged."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged: the loss is {loss} at step {state.step + 1} "
+            f"(epoch {state.epoch + 1}, phase {state.phase})",
+            hint="the last checkpoint holds the last good weights; lower optim.lr, set "
+            "train.max_grad_norm, or check the data for extreme values",
+        )
+    return loss
 
 
 def phase_optimizer(

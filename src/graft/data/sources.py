@@ -254,9 +254,19 @@ def _decode_text(path: Path) -> str:
         ) from None
 
 
+def _short(value: str, limit: int = 40) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: a message quotes the user's data, and a
+    header that is really one long line of something else must not fill the terminal."""
+    return (
+        repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value):,} chars)"
+    )
+
+
 def _missing_column(path: Path, kind: str, column: str, present: Sequence[str], where: str) -> str:
     close = difflib.get_close_matches(column, list(present), n=1)
-    shown = ", ".join(repr(c) for c in present) or "none"
+    shown = ", ".join(_short(c) for c in present[:12]) or "none"
+    if len(present) > 12:
+        shown += f", ... ({len(present)} columns)"
     return f"{path}{where}: no {kind} column {column!r} (columns: {shown})" + (
         f"; did you mean {close[0]!r}?" if close else ""
     )
@@ -341,8 +351,14 @@ def _read_jsonl(
                 hint=hint,
             ) from None
         if not isinstance(obj, dict):
+            # A whole JSON array on one line is the commonest mix-up of JSON and JSON Lines.
+            extra = (
+                " (the file looks like one JSON array, not JSON Lines)"
+                if isinstance(obj, list)
+                else ""
+            )
             raise DataError(
-                f"{path}: line {line_no}: expected a JSON object, got {type(obj).__name__}",
+                f"{path}: line {line_no}: expected a JSON object, got {type(obj).__name__}{extra}",
                 hint=hint,
             )
         for kind, col in (("text", text_column), ("label", label_column)):

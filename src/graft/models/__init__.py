@@ -80,9 +80,12 @@ def build_backbone(
     image_size: int | None = None,
     max_length: int = 128,
     dropout: float | None = None,
+    trust_remote_code: bool = False,
 ) -> Backbone:
     """Build a backbone with a new ``num_classes`` head, and check its layer groups.
-    ``dropout`` sets the rate of every dropout layer inside the body (None: the model's own)."""
+    ``dropout`` sets the rate of every dropout layer inside the body (None: the model's own);
+    ``trust_remote_code`` lets a Hugging Face model run the Python code it ships (off unless the
+    config says so)."""
     fam, model_name = resolve_source(name, source)
     backbone = family(fam)(
         model_name,
@@ -92,6 +95,7 @@ def build_backbone(
         pooling=pooling,
         image_size=image_size,
         max_length=max_length,
+        trust_remote_code=trust_remote_code,
     )
     check_group_coverage(backbone.model, backbone.groups)
     if dropout is not None:

@@ -9,6 +9,7 @@ DistilBERT and their kin need no table of their own.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,20 @@ def build_hf(
     max_length: int = 128,
     hf_config: dict[str, Any] | None = None,
     tokenizer_dir: str | None = None,
+    trust_remote_code: bool = False,
     **_: Any,
 ) -> Backbone:
     """A Hugging Face encoder with a new head. With ``hf_config`` (a saved model's), the
-    architecture is rebuilt from it without downloading or loading pretrained weights."""
+    architecture is rebuilt from it without downloading or loading pretrained weights.
+
+    ``trust_remote_code`` is passed explicitly to every loader: off, a model or tokenizer that
+    ships its own Python code (``auto_map`` in its config) is refused, never run. A saved model's
+    description cannot turn it on: a rebuild (``hf_config`` given) that asks for it is refused.
+    """
+    if trust_remote_code and hf_config is not None:
+        # A saved model is rebuilt from its graft_model.json, a file that may come from anyone;
+        # every key of its backbone spec reaches this function, so refuse rather than obey.
+        raise ValueError("a saved model's description cannot enable trust_remote_code")
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -107,19 +118,38 @@ def build_hf(
 
     # A saved model carries its config and tokenizer: rebuilding it needs neither hub nor package.
     location = name if hf_config is not None and tokenizer_dir else resolve_location(name)
+    remote = {"trust_remote_code": trust_remote_code}
     try:
         if hf_config is not None:
             config = AutoConfig.for_model(**hf_config)
-            encoder = AutoModel.from_config(config)
+            encoder = AutoModel.from_config(config, **remote)
         elif pretrained:
-            encoder = AutoModel.from_pretrained(location)
+            encoder = AutoModel.from_pretrained(location, **remote)
         else:
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(location))
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or location)
-    except OSError as e:
+            config = AutoConfig.from_pretrained(location, **remote)
+            encoder = AutoModel.from_config(config, **remote)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or location, **remote)
+    except (OSError, ValueError, pickle.UnpicklingError) as e:
+        # OSError: no such model or file; ValueError: custom code without trust_remote_code, an
+        # unknown model type, malformed files; UnpicklingError: a .bin refused by weights_only.
+        if hf_config is not None and isinstance(e, ValueError):
+            raise  # a saved model's description: load_model reports it, naming the file
+        if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in str(e):
+            # torch's message goes on to explain how to load it unsafely: not passed on.
+            raise DataError(
+                f"could not load Hugging Face model {name!r}: refused its weights file, which "
+                "holds Python objects other than tensors (it was not loaded, none of its code ran)",
+                hint="use a model saved as safetensors, from a source you trust",
+            ) from None
         raise DataError(
-            f"could not load Hugging Face model {name!r}: {e}",
-            hint="offline, use backbone.name=minilm or a local folder with config.json",
+            f"could not load Hugging Face model {name!r}: {_first_line(e)}",
+            hint="offline, use backbone.name=minilm or a local folder with config.json"
+            + (
+                "; a model with its own code needs backbone.trust_remote_code=true (only for "
+                "code you trust)"
+                if "trust_remote_code" in str(e)
+                else ""
+            ),
         ) from None
     if getattr(encoder, "pooler", None) is not None:
         # Pooling happens in TextEncoder; an unused pooler would only hold dead parameters
@@ -139,6 +169,12 @@ def build_hf(
         "hf_config": encoder.config.to_dict(),
     }
     return Backbone(model, groups, TextPreprocess(max_length), spec, tokenizer=tokenizer)
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """The gist of a library's error: its first line, cut (some are pages of advice)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def save_tokenizer(tokenizer: Any, folder: Path) -> None:

