@@ -223,15 +223,20 @@ def html_table(
     *,
     numeric: Iterable[int] = (),
     css_class: str | None = None,
+    table_id: str | None = None,
+    row_classes: Sequence[str | None] | None = None,
 ) -> str:
     """An HTML ``<table>``; every string is escaped, except :class:`Markup` cells.
 
     ``int`` and ``float`` cells are formatted and right-aligned; the columns listed in ``numeric``
     (indexes) are right-aligned whatever their cells are (e.g. pre-formatted ``"91.2%"``), and so
-    are their headers.
+    are their headers. ``table_id`` sets the table's ``id``; ``row_classes`` a CSS class per body
+    row (``None``: none).
     """
     numeric_cols = set(numeric)
     classes = "" if css_class is None else f' class="{html.escape(css_class)}"'
+    if table_id is not None:
+        classes += f' id="{html.escape(table_id)}"'
     head = "".join(
         f'<th class="num">{html.escape(h)}</th>'
         if i in numeric_cols
@@ -239,13 +244,15 @@ def html_table(
         for i, h in enumerate(headers)
     )
     body = []
-    for row in rows:
+    for number, row in enumerate(rows):
+        row_class = row_classes[number] if row_classes is not None else None
         cells = []
         for i, value in enumerate(row):
             text, is_number = _cell(value)
             cls = ' class="num"' if is_number or i in numeric_cols else ""
             cells.append(f"<td{cls}>{text}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+        tr = "<tr>" if row_class is None else f'<tr class="{html.escape(row_class)}">'
+        body.append(tr + "".join(cells) + "</tr>")
     return f"<table{classes}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -294,13 +301,14 @@ def page(
     *,
     header_html: str = "",
     footer_text: str = "",
+    extra_css: str = "",
 ) -> str:
     """A complete, self-contained HTML document.
 
     ``sections`` are ``(heading, body_html)`` pairs; the heading is escaped, the body is inserted
     as is (build it with :func:`html_table`, :func:`_figure_to_img_tag`, ...). ``header_html`` is
     inserted as is at the top (default: ``<h1>`` with the escaped title); ``footer_text`` is
-    escaped.
+    escaped. ``extra_css`` is appended to the built-in style sheet.
     """
     header = header_html or f"<header><h1>{html.escape(title)}</h1></header>"
     body = "\n".join(
@@ -312,7 +320,7 @@ def page(
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}{extra_css}</style>\n</head>\n"
         f"<body>\n<main>\n{header}\n{body}\n{footer}\n</main>\n</body>\n</html>\n"
     )
 

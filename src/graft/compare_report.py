@@ -1,0 +1,821 @@
+"""The comparison report: many runs of several strategies, one self-contained HTML file.
+
+Built by ``graft compare`` at the end of a compare, and by ``graft report RUN_DIR...`` from any
+finished runs (run directories, or compare directories whose finished runs are taken with the
+labels of their manifest). Runs are grouped by strategy label; each group's seeds give the
+statistics of :mod:`graft.compare`.
+
+Sections: leaderboard (mean ± std, 95% interval, significance against the best), accuracy with
+intervals, training and validation curves per strategy, accuracy against cost (wall time,
+trainable parameters), in-domain against shifted-domain accuracy, the best run's confusion matrix
+and per-class scores, every run, the exact configs, and the environment. Like the one-run report
+(whose pieces it reuses) the file needs nothing else: CSS inline, figures as base64 PNGs, no
+script and no external link.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from graft.atomic import atomic_write_text
+from graft.compare import (
+    MANIFEST,
+    RunRecord,
+    Stat,
+    StrategySummary,
+    evaluated_split,
+    extra_names,
+    read_manifest,
+    run_state,
+    significance_note,
+    summarize,
+)
+from graft.errors import DataError, UsageError
+from graft.report import (
+    Markup,
+    _figure_to_img_tag,
+    _new_figure,
+    _plain,
+    _scalar_text,
+    _series,
+    confusion_figure,
+    format_duration,
+    format_int,
+    format_pct,
+    html_table,
+    key_value_table,
+    load_run,
+    page,
+    per_class_table,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+# Colour-blind-safe (Okabe-Ito), then matplotlib's tab10 for more than eight strategies.
+_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+_EXTRA_CSS = """
+main { max-width: 1200px; }
+tr.best td { background: #eaf5ea !important; font-weight: 600; }
+.badge { display: inline-block; padding: 0 0.45em; border-radius: 0.6em; font-size: 0.8rem;
+         font-weight: 600; white-space: nowrap; }
+.badge.best { background: #1a7f37; color: white; }
+.badge.tie { background: #dafbe1; color: #1a7f37; border: 1px solid #1a7f37; }
+.badge.worse { background: #fff1f0; color: #9a2a2a; border: 1px solid #e5b5b5; }
+.badge.unknown { background: var(--bg-alt); color: var(--muted); border: 1px solid var(--line); }
+.swatch { display: inline-block; width: 0.8em; height: 0.8em; border-radius: 2px;
+          margin-right: 0.4em; vertical-align: -0.05em; }
+.ci { color: var(--muted); font-size: 0.85em; }
+details { border: 1px solid var(--line); border-radius: 6px; padding: 0.3rem 0.8rem;
+          margin: 0.4rem 0; }
+details summary { cursor: pointer; font-weight: 600; }
+details pre { margin: 0.5rem 0; }
+.cards { display: flex; flex-wrap: wrap; gap: 0.75rem; margin: 0.5rem 0 0.25rem; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 0.6rem 0.9rem; min-width: 12rem;
+        background: var(--bg-alt); }
+.card .big { font-size: 1.35rem; font-weight: 700; }
+.card .small { color: var(--muted); font-size: 0.85rem; }
+.table-wrap { overflow-x: auto; }
+.nowrap { white-space: nowrap; }
+#leaderboard { font-size: 0.88rem; }
+#leaderboard th, #leaderboard td { padding: 0.3rem 0.5rem; }
+.side { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
+.side > div { flex: 0 1 auto; }
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Collecting runs
+# --------------------------------------------------------------------------------------------
+
+
+def _seed_of(config_text: str, fallback: int) -> int:
+    try:
+        data = yaml.safe_load(config_text)
+        return int(data["train"]["seed"])
+    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+        return fallback
+
+
+def collect_runs(paths: Sequence[str | Path]) -> tuple[list[RunRecord], list[str]]:
+    """The finished runs under ``paths`` (run directories or compare directories), and notes on
+    what was left out. A run directory's label is its strategy, its seed ``train.seed``.
+
+    Raises:
+        UsageError: no path given, or a path given twice.
+        DataError: a path is neither a run nor a compare directory, or a run's files are broken.
+    """
+    if not paths:
+        raise UsageError("graft report needs at least one run or compare directory")
+    records: list[RunRecord] = []
+    notes: list[str] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if (path / MANIFEST).is_file():
+            manifest = read_manifest(path)
+            for entry in manifest["runs"]:
+                run_dir = path / entry["name"]
+                if run_state(run_dir) != "done":
+                    notes.append(f"{run_dir.name}: not finished, left out")
+                    continue
+                _add(records, seen, run_dir, str(entry["label"]), int(entry["seed"]))
+            continue
+        data = load_run(path)
+        label = str(data.results.get("strategy") or "run")
+        _add(records, seen, path, label, _seed_of(data.config_text, len(records)))
+    if not records:
+        raise DataError(
+            "no finished run to report on", hint="a run is finished once it has results.json"
+        )
+    return records, notes
+
+
+def _add(records: list[RunRecord], seen: set[Path], run_dir: Path, label: str, seed: int) -> None:
+    key = run_dir.resolve()
+    if key in seen:
+        raise UsageError(f"{run_dir}: given twice")
+    seen.add(key)
+    data = load_run(run_dir)
+    records.append(
+        RunRecord(label, seed, run_dir, data.results, data.history, data.config_text, True)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def colors(labels: Sequence[str]) -> dict[str, str]:
+    """One colour per strategy, the same in every figure and in the leaderboard."""
+    from matplotlib import colormaps
+
+    tab10 = colormaps["tab10"]
+    out = {}
+    for i, label in enumerate(labels):
+        if i < len(_PALETTE):
+            out[label] = _PALETTE[i]
+        else:
+            r, g, b, _ = tab10(i % 10)
+            out[label] = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+    return out
+
+
+def _style(ax: Axes) -> None:
+    ax.grid(True, alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def accuracy_figure(rows: Sequence[StrategySummary], split: str, palette: dict[str, str]) -> Figure:
+    """Each strategy's accuracy: every seed as a dot, the mean as a bar with its 95% interval."""
+    fig = _new_figure(9.0, 0.5 * len(rows) + 1.4)
+    ax = fig.subplots()
+    for y, row in enumerate(rows):
+        color = palette[row.label]
+        acc = row.accuracy
+        if not math.isnan(acc.mean):
+            ax.barh(y, 100 * acc.mean, color=color, alpha=0.25, height=0.6)
+        if not math.isnan(acc.low):
+            ax.errorbar(
+                100 * acc.mean,
+                y,
+                xerr=[[100 * (acc.mean - acc.low)], [100 * (acc.high - acc.mean)]],
+                fmt="none",
+                ecolor=color,
+                elinewidth=2,
+                capsize=5,
+            )
+        ax.scatter(
+            [100 * v for v in acc.values],
+            [y] * acc.n,
+            color=color,
+            s=22,
+            zorder=3,
+            edgecolor="white",
+            linewidth=0.6,
+        )
+    ax.set_yticks(range(len(rows)), [_plain(r.label) for r in rows])
+    ax.invert_yaxis()
+    values = [100 * v for r in rows for v in r.accuracy.values]
+    lows = [100 * r.accuracy.low for r in rows if not math.isnan(r.accuracy.low)]
+    if values:
+        lo = min(values + lows)
+        hi = max(values + [100 * r.accuracy.high for r in rows if not math.isnan(r.accuracy.high)])
+        pad = max(1.0, 0.08 * (hi - lo))
+        ax.set_xlim(max(0.0, lo - pad), min(100.0, hi + pad))
+    ax.set_xlabel(f"{split} accuracy (%)  ·  dots: seeds, bar: mean, whiskers: 95% interval")
+    _style(ax)
+    return fig
+
+
+def _mean_curve(
+    histories: Sequence[Sequence[dict[str, Any]]], key: str
+) -> tuple[list[float], list[float], list[float]]:
+    """Per record number: mean, min and max over seeds (NaN where no seed has a value)."""
+    import numpy as np
+
+    length = max((len(h) for h in histories), default=0)
+    table = np.full((len(histories), length), np.nan)
+    for i, history in enumerate(histories):
+        table[i, : len(history)] = _series(history, key)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: a gap
+            return (
+                list(np.nanmean(table, axis=0)),
+                list(np.nanmin(table, axis=0)),
+                list(np.nanmax(table, axis=0)),
+            )
+
+
+def curves_grid(rows: Sequence[StrategySummary], palette: dict[str, str]) -> Figure:
+    """Train and validation loss and accuracy per epoch: a line per strategy (mean over seeds),
+    a band from the lowest to the highest seed."""
+    fig = _new_figure(11.0, 7.0)
+    axes = fig.subplots(2, 2, sharex=True)
+    panels = [
+        (axes[0][0], "train_loss", "Training loss"),
+        (axes[0][1], "val_loss", "Validation loss"),
+        (axes[1][0], "train_accuracy", "Training accuracy"),
+        (axes[1][1], "val_accuracy", "Validation accuracy"),
+    ]
+    longest = 0
+    for ax, key, title in panels:
+        for row in rows:
+            histories = [r.history for r in row.runs if r.history]
+            if not histories:
+                continue
+            mean, low, high = _mean_curve(histories, key)
+            xs = list(range(1, len(mean) + 1))
+            longest = max(longest, len(xs))
+            color = palette[row.label]
+            marker = "o" if len(xs) <= 20 else None
+            ax.plot(
+                xs,
+                mean,
+                color=color,
+                label=_plain(row.label),
+                marker=marker,
+                markersize=3.5,
+                linewidth=1.8,
+            )
+            if len(histories) > 1:
+                ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0)
+        ax.set_title(title, fontsize=11)
+        _style(ax)
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+        if 0 < longest <= 20:
+            ax.set_xticks(range(1, longest + 1))
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(
+            handles, labels, loc="outside lower center", ncol=min(len(labels), 6), frameon=False
+        )
+    return fig
+
+
+def _cost_panel(
+    ax: Axes,
+    rows: Sequence[StrategySummary],
+    palette: dict[str, str],
+    cost: str,
+    split: str,
+    log_x: bool,
+) -> None:
+    for row in rows:
+        color = palette[row.label]
+        points = [
+            (x, 100 * y)
+            for r in row.runs
+            if (x := r.number(cost)) is not None
+            and (y := r.score("accuracy", split)) is not None
+            and (x > 0 or not log_x)
+        ]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        ax.scatter(xs, ys, color=color, alpha=0.35, s=18, edgecolor="none")
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        ax.scatter(
+            [mx],
+            [my],
+            color=color,
+            s=70,
+            edgecolor="white",
+            linewidth=1.0,
+            zorder=3,
+            label=_plain(row.label),
+        )
+        ax.annotate(
+            _plain(row.label),
+            (mx, my),
+            xytext=(6, 4),
+            textcoords="offset points",
+            fontsize=8,
+            color=color,
+        )
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_ylabel(f"{split} accuracy (%)")
+    _style(ax)
+
+
+def cost_figure(rows: Sequence[StrategySummary], split: str, palette: dict[str, str]) -> Figure:
+    """Accuracy against wall time and against trainable parameters (log scale): large dots are
+    the means over seeds, small ones the seeds."""
+    fig = _new_figure(11.0, 4.2)
+    time_ax, params_ax = fig.subplots(1, 2, sharey=True)
+    _cost_panel(time_ax, rows, palette, "wall_time_s", split, log_x=False)
+    time_ax.set_xlabel("wall time per run (s)")
+    time_ax.set_title("Accuracy vs. wall time", fontsize=11)
+    _cost_panel(params_ax, rows, palette, "trainable_params", split, log_x=True)
+    params_ax.set_xlabel("trainable parameters (log scale)")
+    params_ax.set_title("Accuracy vs. trainable parameters", fontsize=11)
+    params_ax.set_ylabel("")
+    return fig
+
+
+def shift_figure(
+    rows: Sequence[StrategySummary], split: str, extras: Sequence[str], palette: dict[str, str]
+) -> Figure:
+    """In-domain against shifted-domain accuracy, one panel per extra set; the dashed diagonal
+    is 'no loss under shift'."""
+    fig = _new_figure(min(5.0 * len(extras), 15.0), 4.6)
+    axes = fig.subplots(1, len(extras), squeeze=False)[0]
+    for ax, extra in zip(axes, extras, strict=True):
+        everything: list[float] = []
+        for row in rows:
+            color = palette[row.label]
+            pts = [
+                (100 * x, 100 * y)
+                for r in row.runs
+                if (x := r.score("accuracy", split)) is not None
+                and (y := r.score("accuracy", extra)) is not None
+            ]
+            if not pts:
+                continue
+            xs, ys = zip(*pts, strict=True)
+            everything += [*xs, *ys]
+            ax.scatter(xs, ys, color=color, alpha=0.35, s=18, edgecolor="none")
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            ax.scatter(
+                [mx], [my], color=color, s=70, edgecolor="white", zorder=3, label=_plain(row.label)
+            )
+        if everything:
+            lo, hi = min(everything), max(everything)
+            pad = max(1.0, 0.06 * (hi - lo))
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "--", color="0.6", linewidth=1)
+            ax.set_xlim(lo - pad, hi + pad)
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlabel(f"in-domain {split} accuracy (%)")
+        ax.set_ylabel(f"accuracy on “{_plain(extra)}” (%)")
+        ax.set_title(f"Shift to “{_plain(extra)}”", fontsize=11)
+        ax.set_aspect("equal", adjustable="box")
+        _style(ax)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", frameon=False, fontsize=9)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------
+
+
+def _pm(stat: Stat) -> Markup:
+    """``91.23 ± 0.41`` (percent) with the 95% interval below, or the single value."""
+    if math.isnan(stat.mean):
+        return Markup("–")
+    text = f"{100 * stat.mean:.2f}"
+    if not math.isnan(stat.std):
+        text += f" ± {100 * stat.std:.2f}"
+        text += f'<br><span class="ci">[{100 * stat.low:.2f}, {100 * stat.high:.2f}]</span>'
+    return Markup(text)
+
+
+def _badge(row: StrategySummary) -> Markup:
+    if row.is_best:
+        return Markup('<span class="badge best">best</span>')
+    p = row.test.p
+    if row.tied_with_best is None:
+        return Markup('<span class="badge unknown" title="too few seeds to test">n/a</span>')
+    p_text = f"p = {p:.3f}" if p is not None and p >= 0.001 else "p < 0.001"
+    if row.tied_with_best:
+        return Markup(
+            f'<span class="nowrap"><span class="badge tie">≈ best</span> '
+            f'<span class="ci">{p_text}</span></span>'
+        )
+    return Markup(
+        f'<span class="nowrap"><span class="badge worse">worse</span> '
+        f'<span class="ci">{p_text}</span></span>'
+    )
+
+
+def leaderboard_html(
+    rows: Sequence[StrategySummary], split: str, extras: Sequence[str], palette: dict[str, str]
+) -> str:
+    """The leaderboard table (``id="leaderboard"``): one row per strategy, best first."""
+    headers = [
+        "#",
+        "strategy",
+        "seeds",
+        f"{split} acc. %",
+        "macro-F1 %",
+        *[f"{e} acc. %" for e in extras],
+        "time",
+        "trainable",
+        "peak mem.",
+        "vs. best",
+    ]
+    body = []
+    for rank, row in enumerate(rows, start=1):
+        swatch = f'<span class="swatch" style="background:{palette[row.label]}"></span>'
+        name = f'<span class="nowrap">{swatch}{html.escape(row.label)}</span>'
+        if row.strategy != row.label:
+            name += f' <span class="ci">({html.escape(row.strategy)})</span>'
+        peak = row.peak_rss_mb.mean
+        body.append(
+            [
+                rank,
+                Markup(name),
+                row.accuracy.n,
+                _pm(row.accuracy),
+                _pm(row.macro_f1),
+                *[_pm(row.extra[e]) if e in row.extra else "–" for e in extras],
+                format_duration(row.wall_time_s.mean),
+                format_int(row.trainable_params),
+                "–" if math.isnan(peak) else f"{peak:,.0f} MiB",
+                _badge(row),
+            ]
+        )
+    numeric = [
+        0,
+        2,
+        3,
+        4,
+        *range(5, 5 + len(extras)),
+        5 + len(extras),
+        6 + len(extras),
+        7 + len(extras),
+    ]
+    table = html_table(
+        headers,
+        body,
+        numeric=numeric,
+        table_id="leaderboard",
+        row_classes=["best" if r.is_best else None for r in rows],
+    )
+    return f'<div class="table-wrap">{table}</div>'
+
+
+def _cards(rows: Sequence[StrategySummary], split: str) -> str:
+    """The answer first: the best strategy, the cheapest one statistically tied with it."""
+    best = rows[0]
+    cards = [
+        (
+            "best " + split + " accuracy",
+            best.label,
+            f"{format_pct(best.accuracy.mean)} over {best.accuracy.n} seed(s)",
+        )
+    ]
+    tied = [r for r in rows if r.tied_with_best]
+    cheapest = min(
+        tied, key=lambda r: r.wall_time_s.mean if not math.isnan(r.wall_time_s.mean) else math.inf
+    )
+    if cheapest is not best:
+        cards.append(
+            (
+                "fastest run not significantly worse",
+                cheapest.label,
+                f"{format_pct(cheapest.accuracy.mean)} in "
+                f"{format_duration(cheapest.wall_time_s.mean)} vs. "
+                f"{format_duration(best.wall_time_s.mean)}",
+            )
+        )
+    fewest = min(tied, key=lambda r: r.trainable_params or math.inf)
+    if fewest is not best and fewest.trainable_params is not None:
+        cards.append(
+            (
+                "fewest trainable parameters, not significantly worse",
+                fewest.label,
+                f"{format_int(fewest.trainable_params)} vs. {format_int(best.trainable_params)}",
+            )
+        )
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="small">{html.escape(k)}</div>'
+            f'<div class="big">{html.escape(v)}</div>'
+            f'<div class="small">{html.escape(d)}</div></div>'
+            for k, v, d in cards
+        )
+        + "</div>"
+    )
+
+
+def _runs_table(
+    records: Sequence[RunRecord], split: str, extras: Sequence[str], report_path: Path
+) -> str:
+    rows = []
+    for r in sorted(records, key=lambda r: (r.label, r.seed)):
+        link = r.run_dir / "report.html"
+        name: Any = r.run_dir.name
+        if link.is_file():  # a relative link: works while the compare directory stays together
+            href = os.path.relpath(link, report_path.parent)
+            name = Markup(f'<a href="{html.escape(href)}">{html.escape(r.run_dir.name)}</a>')
+        rows.append(
+            [
+                name,
+                r.label,
+                r.seed,
+                format_pct(r.score("accuracy", split)),
+                format_pct(r.score("macro_f1", split)),
+                *[format_pct(r.score("accuracy", e)) for e in extras],
+                _scalar_text(r.results.get("best_epoch")),
+                len(r.history),
+                format_duration(r.number("wall_time_s")),
+                format_int(r.number("trainable_params")),
+                format_int(r.number("peak_rss_mb")),
+            ]
+        )
+    headers = [
+        "run",
+        "strategy",
+        "seed",
+        f"{split} acc",
+        "macro-F1",
+        *[f"“{e}” acc" for e in extras],
+        "best epoch",
+        "epochs",
+        "wall time",
+        "trainable",
+        "peak MiB",
+    ]
+    numeric = range(2, len(headers))
+    return f'<div class="table-wrap">{html_table(headers, rows, numeric=numeric)}</div>'
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_differences(rows: Sequence[StrategySummary]) -> tuple[list[str], list[list[str]]]:
+    """The config fields that differ between strategies (seeds and output aside): headers
+    (field, then one column per strategy) and rows."""
+    flat = []
+    for row in rows:
+        try:
+            flat.append(_flatten(yaml.safe_load(row.runs[0].config_text) or {}))
+        except yaml.YAMLError:
+            flat.append({})
+    keys: list[str] = []
+    for f in flat:
+        keys += [k for k in f if k not in keys]
+    varying = [
+        k
+        for k in keys
+        if not k.startswith("output.")
+        and k != "train.seed"
+        and len({_scalar_text(f.get(k)) for f in flat}) > 1
+    ]
+    return ["field", *[r.label for r in rows]], [
+        [k, *[_scalar_text(f.get(k)) for f in flat]] for k in varying
+    ]
+
+
+def _configs_html(rows: Sequence[StrategySummary], spec_text: str | None) -> str:
+    parts = []
+    headers, diff = config_differences(rows)
+    if diff and len(rows) > 1:
+        parts.append("<h3>What differs between the strategies</h3>")
+        parts.append(f'<div class="table-wrap">{html_table(headers, diff)}</div>')
+    if spec_text:
+        parts.append(
+            "<details><summary>The compare spec</summary>"
+            f"<pre>{html.escape(spec_text)}</pre></details>"
+        )
+    parts.append(
+        "<h3>Exact configs</h3>"
+        '<p class="note">Each strategy’s config as its first seed ran it; the seeds differ '
+        "only in <code>train.seed</code> and <code>output.name</code>.</p>"
+    )
+    for row in rows:
+        first = row.runs[0]
+        parts.append(
+            f"<details><summary>{html.escape(row.label)} "
+            f'<span class="ci">{html.escape(first.run_dir.name)}</span></summary>'
+            f"<pre>{html.escape(first.config_text)}</pre></details>"
+        )
+    return "\n".join(parts)
+
+
+def _environment_html(records: Sequence[RunRecord]) -> str:
+    import graft
+
+    keys: list[str] = []
+    values: dict[str, list[str]] = {}
+    for r in records:
+        env = r.results.get("environment")
+        if not isinstance(env, dict):
+            continue
+        for k, v in env.items():
+            if k not in keys:
+                keys.append(k)
+            text = _scalar_text(v)
+            if text not in values.setdefault(k, []):
+                values[k].append(text)
+    items = [("graft", graft.__version__)]
+    items += [(k, " | ".join(values[k])) for k in keys]
+    note = ""
+    if any(len(v) > 1 for k, v in values.items() if k != "threads"):
+        note = (
+            '<p class="note">The runs did not all share one environment: values separated by |.</p>'
+        )
+    if not all(r.isolated for r in records):
+        note += (
+            '<p class="note">Some runs shared one process (--in-process): their peak memory is '
+            "the process’s peak so far, not their own.</p>"
+        )
+    return key_value_table(items, numeric=False) + note
+
+
+def _header(records: Sequence[RunRecord], rows: Sequence[StrategySummary], title: str) -> str:
+    backbones = sorted({str(r.results.get("backbone", "–")) for r in records})
+    datasets: list[str] = []
+    for r in records:
+        try:
+            train = yaml.safe_load(r.config_text)["data"]["train"]
+            name = train.get("dataset") or train.get("path")
+        except (yaml.YAMLError, KeyError, TypeError, AttributeError):
+            name = None
+        if name and str(name) not in datasets:
+            datasets.append(str(name))
+    seeds = sorted({r.seed for r in records})
+    generated = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
+    meta = [
+        f"backbone <b>{html.escape(', '.join(backbones))}</b>",
+        *([f"data <b>{html.escape(', '.join(datasets))}</b>"] if datasets else []),
+        f"{len(rows)} strategies × {len(seeds)} seed(s) = {len(records)} runs",
+        html.escape(generated),
+    ]
+    return (
+        f'<header><h1>{html.escape(title)}</h1><div class="meta">'
+        + "".join(f"<span>{m}</span>" for m in meta)
+        + "</div></header>"
+    )
+
+
+def render_compare_report(
+    records: Sequence[RunRecord],
+    *,
+    title: str = "graft compare",
+    report_path: Path = Path("report.html"),
+    notes: Sequence[str] = (),
+    spec_text: str | None = None,
+) -> str:
+    """The HTML text of the comparison report of ``records`` (see module docstring);
+    ``spec_text`` is the compare spec as YAML, shown with the configs."""
+    if not records:
+        raise DataError("no finished run to report on")
+    rows = summarize(records)
+    split = evaluated_split(records)
+    extras = extra_names(records)
+    palette = colors([r.label for r in rows])
+    sections: list[tuple[str, str]] = []
+
+    board = _cards(rows, split) + leaderboard_html(rows, split, extras, palette)
+    board += f'<p class="note">{html.escape(significance_note(rows))}</p>'
+    if split != "test":
+        board += '<p class="note">Some runs have no test set: the validation set is compared.</p>'
+    board += "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    board += _figure_to_img_tag(
+        accuracy_figure(rows, split, palette),
+        alt=f"{split} accuracy per strategy with 95% intervals",
+    )
+    sections.append(("Leaderboard", board))
+
+    if any(r.history for r in records):
+        curves = _figure_to_img_tag(
+            curves_grid(rows, palette), alt="training and validation curves per strategy"
+        )
+        curves += (
+            '<p class="note">Lines: mean over seeds; bands: lowest to highest seed. '
+            "Epochs are counted over all phases of a plan.</p>"
+        )
+        sections.append(("Training curves", curves))
+
+    sections.append(
+        (
+            "Cost",
+            _figure_to_img_tag(
+                cost_figure(rows, split, palette),
+                alt="accuracy against wall time and against trainable parameters",
+            )
+            + '<p class="note">Large dots: mean over seeds; small dots: seeds.</p>',
+        )
+    )
+
+    if extras:
+        sections.append(
+            (
+                "Domain shift",
+                _figure_to_img_tag(
+                    shift_figure(rows, split, extras, palette),
+                    alt="in-domain against shifted-domain accuracy",
+                )
+                + '<p class="note">Below the dashed diagonal a strategy loses accuracy under the '
+                "shift; further right, it is better in domain.</p>",
+            )
+        )
+
+    best = max(rows[0].runs, key=lambda r: r.score("accuracy", split) or -1.0)
+    evaluated = best.results.get(split)
+    if (
+        isinstance(evaluated, dict)
+        and evaluated.get("confusion_matrix")
+        and evaluated.get("labels")
+    ):
+        matrix = _figure_to_img_tag(
+            confusion_figure(evaluated["confusion_matrix"], evaluated["labels"]),
+            alt=f"confusion matrix of the best run on the {split} set",
+        )
+        intro = (
+            f"<p>Best run: <b>{html.escape(best.run_dir.name)}</b> ({html.escape(best.label)}, "
+            f"seed {best.seed}), {split} accuracy {format_pct(best.score('accuracy', split))}.</p>"
+        )
+        body = (
+            f'{intro}<div class="side"><div>{matrix}</div>'
+            f"<div><h3>Per-class scores</h3>{per_class_table(evaluated)}</div></div>"
+        )
+        sections.append((f"Best run ({split} set)", body))
+
+    sections.append(("All runs", _runs_table(records, split, extras, report_path)))
+    sections.append(("Configs", _configs_html(rows, spec_text)))
+    sections.append(("Environment", _environment_html(records)))
+    footer = f"Generated by graft {__import__('graft').__version__} from {len(records)} runs."
+    return page(
+        title,
+        sections,
+        header_html=_header(records, rows, title),
+        footer_text=footer,
+        extra_css=_EXTRA_CSS,
+    )
+
+
+def write_compare_report(
+    records: Sequence[RunRecord],
+    path: str | Path,
+    *,
+    title: str = "graft compare",
+    notes: Sequence[str] = (),
+    spec_text: str | None = None,
+) -> Path:
+    """Write the comparison report of ``records`` to ``path``; returns the path."""
+    target = Path(path)
+    text = render_compare_report(
+        records, title=title, report_path=target, notes=notes, spec_text=spec_text
+    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, text)
+    except OSError as exc:
+        raise DataError(f"{target}: cannot write the report: {exc}") from exc
+    return target
+
+
+def report_from_dirs(
+    paths: Sequence[str | Path], output: str | Path = "report.html", title: str | None = None
+) -> Path:
+    """``graft report RUN_DIR...``: the comparison report of existing runs or compares."""
+    records, notes = collect_runs(paths)
+    spec_text = None
+    if len(paths) == 1 and (Path(paths[0]) / MANIFEST).is_file():
+        spec = read_manifest(Path(paths[0])).get("spec")
+        spec_text = yaml.safe_dump({"compare": spec}, sort_keys=False) if spec else None
+    if title is None:
+        title = (
+            f"graft compare · {Path(paths[0]).resolve().name}"
+            if len(paths) == 1
+            else ("graft compare")
+        )
+    return write_compare_report(records, output, title=title, notes=notes, spec_text=spec_text)
