@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
+from graft.compare import parse_spec
 from graft.config import validate
 from graft.errors import UsageError
+from graft.search_space import check_against_config, parse_search
 from graft.strategies import build_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +45,24 @@ def test_there_are_examples() -> None:
 
 @pytest.mark.parametrize(("name", "example"), EXAMPLES, ids=[n for n, _ in EXAMPLES])
 def test_example_validates_and_its_plan_builds(name: str, example: dict[str, Any]) -> None:
+    example = dict(example)
+    if "search" in example:  # a `graft search` block: checked by its own model, against the rest
+        spec = parse_search(example.pop("search"), origin=name)
+        check_against_config(spec, {**MINIMAL, **example}, origin=name)
+    if "compare" in example:  # a `graft compare` block: checked by its own model
+        spec = parse_spec(example.pop("compare"), origin=name)
+        for entry in spec.strategies:
+            config = validate(
+                {**MINIMAL, **example, "strategy": {"name": entry.name, **entry.params()}},
+                origin=name,
+            )
+            _plan_builds(name, config)
+        return
     config = validate({**MINIMAL, **example}, origin=name)  # a section alone: fill the rest
+    _plan_builds(name, config)
+
+
+def _plan_builds(name: str, config: Any) -> None:
     errors = []
     for groups in GROUPS:
         try:

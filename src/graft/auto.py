@@ -1,0 +1,558 @@
+"""``graft auto DATA --budget 15m``: the fine-tuning loop of the design notes, automated.
+
+Choose a strategy, set hyperparameters, fine-tune, evaluate, go back if not good enough — within
+one wall-time budget:
+
+1. **backbone** by data type: images → ``tf_efficientnet_lite0`` (64 px for small images such as
+   28×28 Fashion-MNIST, else its own default size), texts → ``minilm``;
+2. **linear probe** first: the head trains on features cached once (nearly free), a baseline;
+3. **screen** ``full``, ``lp_ft`` and ``discriminative`` on a short budget (one fine-tuning
+   epoch on a training subset), each only while the budget allows;
+4. **search** (TPE, median pruning, :mod:`graft.search`) around the winner: learning rate,
+   weight decay, and the strategy's own knob, on the screening budget per trial;
+5. **final** training of the best config on the whole (capped) training set, with as many epochs
+   as the remaining time allows, and its report.
+
+Budget accounting: every step's wall time is measured; a run's cost is estimated from the
+screening runs as seconds per training example-epoch (× a safety factor), and a step whose
+estimate does not fit in what is left (keeping the final training's share) is skipped and logged.
+The probe and one screening run always run: they are what the estimates come from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from graft.atomic import atomic_write_text
+from graft.config import apply_override, validate
+from graft.console import RunLog
+from graft.errors import GraftError, UsageError
+
+IMAGE_BACKBONE = "tf_efficientnet_lite0"
+TEXT_BACKBONE = "minilm"
+DEFAULT_TRAIN_CAP = 3000  # a 2-core CPU: a few thousand examples keep each epoch in a minute
+DEFAULT_VAL_CAP = 500
+DEFAULT_TEST_CAP = 2000
+SCREEN_TRAIN_CAP = 1000
+SCREENED = ("full", "lp_ft", "discriminative")
+SAFETY = 1.3  # estimates × this: eval passes, model set-up and noise are not in the linear model
+FINAL_SHARE = 0.35  # of the budget kept for the final training
+MAX_FINAL_EPOCHS = 8
+PROBE_EPOCHS = 8
+
+
+@dataclass
+class AutoOptions:
+    """What ``graft auto`` was asked for (the command line's options)."""
+
+    data: str
+    budget_s: float
+    backbone: str | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    test_size: int | None = None
+    image_size: int | None = None
+    max_length: int | None = None
+    format: str | None = None
+    labels_path: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    output: str = "runs"
+    name: str | None = None
+    quiet: bool = False
+    overrides: list[str] = field(default_factory=list)  # dotted key=value on every run
+
+
+class Clock:
+    """Elapsed and remaining time of the budget."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.started = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def remaining(self) -> float:
+        return self.budget_s - self.elapsed
+
+
+@dataclass
+class CostModel:
+    """Seconds per run as ``fixed + epochs × train examples × per_example`` (both measured)."""
+
+    fixed_s: float = 0.0
+    per_example_s: float | None = None
+
+    def estimate(self, epochs: float, n_train: int) -> float:
+        if self.per_example_s is None:
+            return float("inf")
+        return SAFETY * (self.fixed_s + epochs * n_train * self.per_example_s)
+
+
+# --------------------------------------------------------------------------- the data
+
+
+def _is_path(data: str) -> bool:
+    return "/" in data or Path(data).exists()
+
+
+def _source(o: AutoOptions) -> dict[str, Any]:
+    if not _is_path(o.data):
+        from graft.data import get_dataset
+
+        get_dataset(o.data)  # an unknown name: a UsageError listing the known ones
+        return {"dataset": o.data}
+    if not Path(o.data).exists():
+        raise UsageError(f"{o.data}: no such file or folder", hint="give a path or a dataset name")
+    src: dict[str, Any] = {"path": o.data}
+    if o.format:
+        src["format"] = o.format
+    if o.labels_path:
+        src["labels_path"] = o.labels_path
+    if o.format in ("csv", "tsv", "jsonl") or Path(o.data).suffix in (".csv", ".tsv", ".jsonl"):
+        src.update(text_column=o.text_column, label_column=o.label_column)
+    return src
+
+
+def _image_side(examples: Any) -> int | None:
+    inputs = examples.inputs
+    if hasattr(inputs, "shape"):
+        return int(max(inputs.shape[1], inputs.shape[2]))
+    if inputs:
+        from PIL import Image
+
+        with Image.open(inputs[0]) as im:
+            return int(max(im.size))
+    return None
+
+
+def _describe_data(o: AutoOptions, src: dict[str, Any]) -> dict[str, Any]:
+    """Modality, size, image side, whether a test split exists: read once from the data."""
+    from graft.data import get_dataset, load_examples
+
+    examples = load_examples(**src)
+    has_test = False
+    if "dataset" in src:
+        has_test = "test" in get_dataset(src["dataset"]).splits
+    side = _image_side(examples) if examples.modality == "image" else None
+    return {
+        "modality": examples.modality,
+        "n": len(examples),
+        "classes": len(set(examples.labels)),
+        "side": side,
+        "has_test": has_test,
+    }
+
+
+def base_config(o: AutoOptions, info: dict[str, Any], auto_dir: Path) -> dict[str, Any]:
+    """The run config every step starts from."""
+    image = info["modality"] == "image"
+    backbone = o.backbone or (IMAGE_BACKBONE if image else TEXT_BACKBONE)
+    data: dict[str, Any] = {
+        "train": _source(o),
+        "train_size": o.train_size or DEFAULT_TRAIN_CAP,
+        "val_size": o.val_size or DEFAULT_VAL_CAP,
+        "test_size": o.test_size or DEFAULT_TEST_CAP,
+    }
+    if image:
+        if o.image_size:
+            data["image_size"] = o.image_size
+        elif info["side"] is not None and info["side"] <= 32 and o.backbone is None:
+            data["image_size"] = 64  # upscaled grey 28 px: far cheaper than 224 on a CPU
+    elif o.max_length:
+        data["max_length"] = o.max_length
+    else:
+        data["max_length"] = 128
+    config: dict[str, Any] = {
+        "backbone": {"name": backbone},
+        "data": data,
+        "strategy": {"name": "full"},
+        "optim": {"name": "adamw", "lr": _ft_lr(image), "weight_decay": 0.01},
+        "schedule": {"name": "cosine" if image else "linear", "warmup_ratio": 0.1},
+        "train": {"epochs": 1, "batch_size": 32, "progress": False},
+        "output": {"dir": str(auto_dir)},
+    }
+    for override in o.overrides:
+        apply_override(config, override)
+    validate(config, origin="graft auto")
+    return config
+
+
+def _ft_lr(image: bool) -> float:
+    # The usual fine-tuning rates: 1e-3 for a small CNN with AdamW, 5e-5 for a BERT encoder.
+    return 1.0e-3 if image else 5.0e-5
+
+
+def _with(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(json.dumps(base))
+    for section, values in sections.items():
+        if section == "strategy":
+            data["strategy"] = dict(values)  # a strategy's own parameters replace the old ones
+        else:
+            data.setdefault(section, {}).update(values)
+    return data
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+@dataclass
+class Step:
+    """One run of the loop, as recorded in auto.json."""
+
+    step: str
+    strategy: str
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    wall_s: float = 0.0
+    train_examples: int = 0
+    epochs: int = 0
+    run_dir: str | None = None
+    skipped: str | None = None
+    config: dict[str, Any] | None = None
+
+
+class Auto:
+    """The state of one ``graft auto`` run."""
+
+    def __init__(self, o: AutoOptions) -> None:
+        self.o = o
+        self.clock = Clock(o.budget_s)
+        self.cost = CostModel()
+        self.steps: list[Step] = []
+        self.log = RunLog(quiet=o.quiet)
+
+    # -- a run
+
+    def fit(self, step: str, data: dict[str, Any], name: str) -> Step:
+        from graft.run import fit
+
+        data = _with(data, output={"name": name})
+        config = validate(data, origin=f"graft auto ({step})")
+        started = time.perf_counter()
+        record = Step(step, config.strategy.name, epochs=config.train.epochs)
+        try:
+            result = fit(config, quiet=True)
+        except GraftError as e:  # a strategy that does not fit this backbone: note, go on
+            record.skipped = f"failed: {e.message}"
+            self.log(f"{step} {config.strategy.name}: {record.skipped}")
+            self.steps.append(record)
+            return record
+        r = result.results
+        record.val_accuracy = float(r["validation"]["accuracy"])
+        record.test_accuracy = result.test_accuracy
+        record.wall_s = time.perf_counter() - started
+        record.train_examples = self.n_train(config.data.train_size)
+        record.run_dir = str(result.run_dir)
+        record.config = data
+        self.steps.append(record)
+        self.log(
+            f"{step} {config.strategy.name}: val accuracy {record.val_accuracy:.4f} "
+            f"({record.wall_s:.0f}s; {self.clock.elapsed:.0f}s of {self.o.budget_s:.0f}s used)"
+        )
+        return record
+
+    def n_train(self, cap: int | None) -> int:
+        n = int(self.info["n"] * (1 - 0.1 - (0 if self.info["has_test"] else 0.2)))
+        return min(n, cap) if cap else n
+
+    def skip(self, step: str, strategy: str, why: str) -> None:
+        self.steps.append(Step(step, strategy, skipped=why))
+        self.log(f"{step} {strategy}: skipped ({why})")
+
+    def fits(self, estimate_s: float) -> bool:
+        """Whether a run of this estimated cost fits, keeping the final training's share."""
+        reserve = FINAL_SHARE * self.o.budget_s
+        return estimate_s <= self.clock.remaining - reserve
+
+    # -- the loop
+
+    def run(self) -> dict[str, Any]:
+        o = self.o
+        src = _source(o)
+        self.info = _describe_data(o, src)
+        self.auto_dir = _new_dir(Path(o.output), o.name or f"auto-{Path(o.data).name}")
+        self.log.attach(self.auto_dir / "auto.log")
+        base = base_config(o, self.info, self.auto_dir)
+        self.base = base
+        self._log_plan(base)
+        probe = self.probe(base)
+        winner = self.screen(base, probe)
+        best_config, search_info = self.search(base, winner)
+        if winner.strategy == "linear_probe" and not search_info.get("improved"):
+            # The probe already trained on the whole training set: rerunning it changes nothing.
+            self.log("final: the probe run is the final model (same config, whole training set)")
+            final = Step(
+                "final",
+                winner.strategy,
+                winner.val_accuracy,
+                winner.test_accuracy,
+                epochs=winner.epochs,
+                run_dir=winner.run_dir,
+                skipped=f"reused {winner.run_dir}",
+            )
+        else:
+            final = self.final(best_config, winner)
+        return self.write(base, winner, search_info, final)
+
+    def _log_plan(self, base: dict[str, Any]) -> None:
+        d = base["data"]
+        self.log(
+            f"auto: {self.o.data} ({self.info['modality']}, {self.info['n']} examples, "
+            f"{self.info['classes']} classes); backbone {base['backbone']['name']}"
+            + (f" at {d['image_size']} px" if d.get("image_size") else "")
+            + f"; budget {self.o.budget_s:.0f}s; directory {self.auto_dir}"
+        )
+        if self.o.train_size is None and self.info["n"] > d["train_size"]:
+            self.log(
+                f"training on {d['train_size']} examples (a cap for a small CPU; "
+                "--train-size sets it)"
+            )
+
+    def probe(self, base: dict[str, Any]) -> Step:
+        """Step 1: a linear probe on cached features — the baseline, nearly free."""
+        lr = 5.0e-3
+        data = _with(
+            base,
+            strategy={"name": "linear_probe"},
+            optim={"lr": lr},
+            train={"epochs": PROBE_EPOCHS},
+        )
+        step = self.fit("probe", data, "probe")
+        if step.run_dir is not None:
+            self.cost.fixed_s = step.wall_s  # set-up, one forward pass, evaluation
+        return step
+
+    def screen(self, base: dict[str, Any], probe: Step) -> Step:
+        """Step 2: the promising strategies on a short budget (one fine-tuning epoch, subset)."""
+        n = min(self.n_train(base["data"]["train_size"]), SCREEN_TRAIN_CAP)
+        candidates = [probe] if probe.run_dir else []
+        for strategy in SCREENED:
+            params: dict[str, Any] = {"name": strategy}
+            epochs = 1
+            if strategy == "lp_ft":  # 1 probe epoch (cached: nearly free) + 1 fine-tuning epoch
+                params.update(lp_epochs=1)
+                epochs = 2
+            if strategy == "discriminative":
+                params["decay"] = 0.8
+            estimate = self.cost.estimate(1, n)
+            if self.cost.per_example_s is not None and not self.fits(estimate):
+                self.skip("screen", strategy, f"estimated {estimate:.0f}s does not fit")
+                continue
+            data = _with(
+                base,
+                strategy=params,
+                train={"epochs": epochs},
+                data={"train_size": n},
+            )
+            step = self.fit("screen", data, f"screen-{strategy}")
+            if step.run_dir is not None:
+                candidates.append(step)
+                self._learn_cost(step, n)
+        if not candidates:
+            raise GraftError("auto: every screening run failed (see auto.log)")
+        winner = max(candidates, key=lambda s: s.val_accuracy or 0.0)
+        self.log(f"winner of the screening: {winner.strategy} ({winner.val_accuracy:.4f})")
+        return winner
+
+    def _learn_cost(self, step: Step, n: int) -> None:
+        """Per example-epoch of fine-tuning, from the screening runs (the largest seen wins: it
+        is the conservative estimate)."""
+        per = max(step.wall_s - self.cost.fixed_s, 0.1 * step.wall_s) / max(n, 1)
+        if step.strategy == "lp_ft":
+            return  # its probe epoch is cached: the cost per epoch is not comparable
+        self.cost.per_example_s = max(self.cost.per_example_s or 0.0, per)
+
+    def search_space(self, winner: Step) -> dict[str, Any]:
+        lr = float((winner.config or self.base)["optim"]["lr"])
+        space: dict[str, Any] = {
+            "optim.lr": {"type": "float", "low": lr / 5, "high": lr * 5, "log": True},
+            "optim.weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+        }
+        if winner.strategy == "discriminative":
+            space["strategy.decay"] = {"type": "float", "low": 0.5, "high": 0.95}
+        if winner.strategy == "lp_ft":
+            space["strategy.ft_lr_scale"] = {"type": "float", "low": 0.03, "high": 1.0, "log": True}
+        return space
+
+    def search(self, base: dict[str, Any], winner: Step) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Step 3: a small TPE search around the winner, on the screening budget per trial."""
+        from graft.search import search
+
+        config = json.loads(json.dumps(winner.config or base))
+        n = int(config["data"].get("train_size") or self.n_train(None))
+        epochs = int(config["train"]["epochs"])
+        per_trial = (
+            SAFETY * winner.wall_s
+            if winner.strategy == "linear_probe"
+            else self.cost.estimate(epochs, n)
+        )
+        available = self.clock.remaining - FINAL_SHARE * self.o.budget_s
+        n_trials = int(available // per_trial) if per_trial > 0 else 0
+        if n_trials < 2:
+            self.log(
+                f"search: skipped ({available:.0f}s left for it, a trial takes ~{per_trial:.0f}s)"
+            )
+            return config, {"skipped": True, "available_s": available, "trial_s": per_trial}
+        n_trials = min(n_trials, 20)
+        config.get("output", {}).pop("name", None)
+        config["search"] = {
+            "n_trials": n_trials,
+            "timeout": max(1.0, available - per_trial),  # no trial starts that cannot finish
+            "sampler": {"name": "tpe", "n_startup_trials": min(5, max(1, n_trials // 3))},
+            "pruner": {"name": "median", "n_startup_trials": 2},
+            "space": self.search_space(winner),
+            "enqueue": [{"optim.lr": float(config["optim"]["lr"])}],
+        }
+        path = self.auto_dir / "search.yaml"
+        atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+        self.log(f"search: up to {n_trials} trials of ~{per_trial:.0f}s around {winner.strategy}")
+        result = search(path, study_name="auto", quiet=True)
+        best = result.summary["best"]
+        info: dict[str, Any] = {
+            "improved": False,
+            "search_dir": str(result.search_dir),
+            "states": result.summary["states"],
+            "best": None if best is None else {"params": best["params"], "value": best["value"]},
+        }
+        self.steps.append(
+            Step(
+                "search",
+                winner.strategy,
+                val_accuracy=None if best is None else float(best["value"]),
+                wall_s=float(result.summary.get("wall_time_s", 0.0)),
+                run_dir=str(result.search_dir),
+            )
+        )
+        if best is None or best["value"] <= (winner.val_accuracy or 0.0):
+            self.log("search: no trial beat the screening winner; keeping its settings")
+            config.pop("search")
+            return config, info
+        from graft.search_space import apply_params
+
+        config.pop("search")
+        info["improved"] = True
+        self.log(f"search: best {best['value']:.4f} with {best['params']}")
+        return apply_params(config, best["params"]), info
+
+    def final(self, config: dict[str, Any], winner: Step) -> Step:
+        """Step 4: the chosen config on the whole (capped) training set, epochs to fit."""
+        n = self.n_train(self.base["data"]["train_size"])
+        config = _with(config, data={"train_size": self.base["data"]["train_size"]})
+        if winner.strategy == "linear_probe":
+            epochs = PROBE_EPOCHS  # cached features: epochs are nearly free
+            estimate = SAFETY * winner.wall_s
+        else:
+            epochs = MAX_FINAL_EPOCHS
+            while epochs > 1 and self.cost.estimate(epochs, n) > self.clock.remaining:
+                epochs -= 1
+            estimate = self.cost.estimate(epochs, n)
+            if winner.strategy == "lp_ft":
+                epochs += 1  # its probe phase is cached
+                config["strategy"]["lp_epochs"] = 1
+        if estimate > self.clock.remaining:
+            self.log(
+                f"final: a full run (~{estimate:.0f}s) does not fit in the "
+                f"{self.clock.remaining:.0f}s left; the best run so far is the final model"
+            )
+            done = [s for s in self.steps if s.run_dir and s.step in ("probe", "screen")]
+            best = max(done, key=lambda s: s.val_accuracy or 0.0)
+            return Step(
+                "final",
+                best.strategy,
+                best.val_accuracy,
+                best.test_accuracy,
+                run_dir=best.run_dir,
+                skipped="reused " + str(best.run_dir),
+            )
+        config = _with(config, train={"epochs": epochs})
+        self.log(
+            f"final: {config['strategy']['name']}, {epochs} epochs on {n} examples "
+            f"(~{estimate:.0f}s, {self.clock.remaining:.0f}s left)"
+        )
+        step = self.fit("final", config, "final")
+        if step.run_dir is None:
+            raise GraftError(f"auto: the final training failed: {step.skipped}")
+        atomic_write_text(
+            self.auto_dir / "final_config.yaml", yaml.safe_dump(config, sort_keys=False)
+        )
+        return step
+
+    def write(
+        self, base: dict[str, Any], winner: Step, search_info: dict[str, Any], final: Step
+    ) -> dict[str, Any]:
+        out = {
+            "auto_dir": str(self.auto_dir),
+            "data": self.o.data,
+            **{k: self.info[k] for k in ("modality", "n", "classes")},
+            "backbone": base["backbone"]["name"],
+            "budget_s": self.o.budget_s,
+            "elapsed_s": self.clock.elapsed,
+            "steps": [_step_dict(s) for s in self.steps],
+            "winner": winner.strategy,
+            "search": search_info,
+            "final": {
+                "run_dir": final.run_dir,
+                "model_dir": str(Path(final.run_dir) / "model") if final.run_dir else None,
+                "report": str(Path(final.run_dir) / "report.html") if final.run_dir else None,
+                "strategy": final.strategy,
+                "epochs": final.epochs,
+                "val_accuracy": final.val_accuracy,
+                "test_accuracy": final.test_accuracy,
+                "note": final.skipped,
+            },
+        }
+        atomic_write_text(self.auto_dir / "auto.json", json.dumps(out, indent=1))
+        self._table()
+        self.log(
+            f"auto done in {self.clock.elapsed:.0f}s of {self.o.budget_s:.0f}s: "
+            f"model {out['final']['model_dir']}   report {out['final']['report']}"
+        )
+        return out
+
+    def _table(self) -> None:
+        rows = [
+            [
+                s.step,
+                s.strategy,
+                "-" if s.val_accuracy is None else f"{s.val_accuracy:.4f}",
+                "-" if s.test_accuracy is None else f"{s.test_accuracy:.4f}",
+                f"{s.wall_s:.0f}s",
+                s.skipped or "",
+            ]
+            for s in self.steps
+        ]
+        self.log.table(
+            "graft auto", ["step", "strategy", "val acc", "test acc", "time", "note"], rows
+        )
+
+
+def _step_dict(s: Step) -> dict[str, Any]:
+    d = asdict(s)
+    d.pop("config")
+    return d
+
+
+def _new_dir(root: Path, name: str) -> Path:
+    path, n = root / name, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = root / f"{name}-{n}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_auto(options: AutoOptions) -> dict[str, Any]:
+    """Run ``graft auto``; return what it wrote to ``auto.json``."""
+    if options.budget_s < 10:
+        raise UsageError("--budget: at least 10s", hint="e.g. --budget 15m")
+    return Auto(options).run()
