@@ -17,20 +17,22 @@ from scipy import stats
 
 import graft.run
 from graft.cli import main
-from graft.compare import (
+from graft.compare import run_compare
+from graft.compare_report import collect_runs
+from graft.compare_spec import (
     CompareSpec,
-    RunRecord,
-    compare_to_best,
-    describe,
     load_compare,
     parse_spec,
     plan_runs,
-    run_compare,
-    significance_note,
     spec_from_options,
+)
+from graft.compare_stats import (
+    RunRecord,
+    compare_to_best,
+    describe,
+    significance_note,
     summarize,
 )
-from graft.compare_report import collect_runs
 from graft.config import load_config
 from graft.errors import DataError, UsageError
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from graft.compare import parse_spec
+from graft.compare_spec import parse_spec
 from graft.config import validate
 from graft.errors import UsageError
 from graft.search_space import check_against_config, parse_search

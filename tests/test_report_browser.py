@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import tiny_image_run_config
 
-from graft.compare import parse_spec, run_compare
+from graft.compare import run_compare
+from graft.compare_spec import parse_spec
 
 pytestmark = pytest.mark.integration
 

@@ -65,3 +65,30 @@ def test_missing_package_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_config_accepts_tensorboard_when_installed() -> None:
     assert validate({**MINIMAL, "train": {"tensorboard": True}}).train.tensorboard is True
+
+
+def test_fit_writes_one_event_per_epoch(tmp_path: Path) -> None:
+    """``train.tensorboard: true`` wires the writer into ``graft fit``: each epoch of
+    metrics.jsonl is in the event files, at its epoch."""
+    import json
+
+    from conftest import tiny_image_run_config
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from graft.run import fit
+
+    config = tiny_image_run_config(
+        {"dataset": "digits"},
+        tmp_path / "runs",
+        data={"train_size": 64, "val_size": 32, "test_size": 32},
+        train={"epochs": 2, "tensorboard": True},
+    )
+    result = fit(validate(config), quiet=True)
+    history = [
+        json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    acc = EventAccumulator(str(result.run_dir / tb.EVENTS_DIR))
+    acc.Reload()
+    events = acc.Scalars("accuracy/validation")
+    assert [e.step for e in events] == [1, 2]
+    assert [e.value for e in events] == pytest.approx([r["val_accuracy"] for r in history])

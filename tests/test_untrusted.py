@@ -352,3 +352,36 @@ def test_model_with_its_own_code_is_refused_and_not_run(tmp_path: Path, marker: 
             build_hf(str(folder), num_classes=2, pretrained=pretrained)
         assert str(folder) in info.value.message
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_the_config_option_reaches_the_hf_loaders(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """``backbone.trust_remote_code`` in a run config is what every transformers loader gets."""
+    from graft.config import validate
+    from graft.console import RunLog
+    from graft.run import prepare
+
+    table = tmp_path / "texts.csv"
+    rows = [
+        f"{'good' if i % 2 else 'bad'} film number {i},{'pos' if i % 2 else 'neg'}"
+        for i in range(40)
+    ]
+    table.write_text("text,label\n" + "\n".join(rows) + "\n")
+    config = validate(
+        {
+            "backbone": {
+                "name": f"hf:{tiny_bert_dir}",
+                "pretrained": False,
+                "trust_remote_code": enabled,
+            },
+            "data": {"train": {"path": str(table)}},
+            "train": {"epochs": 1, "threads": 1, "progress": False},
+            "output": {"dir": str(tmp_path / "out")},
+        }
+    )
+    calls = _spy_on_loaders(monkeypatch)
+    prepare(config, RunLog(quiet=True))
+    assert calls and all(value is enabled for _, value in calls), calls
+    assert not (tmp_path / "out").exists()

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 
 from graft.atomic import atomic_write, atomic_write_text
-from graft.checkpoint import non_finite
 from graft.data.types import Examples, LabelMap
 from graft.errors import DataError, GraftError
 from graft.models import Backbone, rebuild
 from graft.models.hf_backbone import save_tokenizer
+from graft.safe_load import require_finite
 
 WEIGHTS = "model.safetensors"
 META = "graft_model.json"
@@ -148,13 +148,11 @@ def load_model(folder: str | Path) -> LoadedModel:
             f"{folder / WEIGHTS}: unreadable weights ({e})",
             hint="the file is truncated or not a safetensors file; copy the model folder again",
         ) from None
-    bad = non_finite(state)
-    if bad:
-        raise DataError(
-            f"{folder / WEIGHTS}: NaN or Inf in the weights: {', '.join(bad[:3])}"
-            + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
-            hint="the model is damaged (or its training diverged); it cannot predict",
-        )
+    require_finite(
+        folder / WEIGHTS,
+        state,
+        "the model is damaged (or its training diverged); it cannot predict",
+    )
     try:
         backbone.model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,35 +25,14 @@ import numpy as np
 import torch
 
 from graft.atomic import atomic_write, saving
+from graft.config import config_hash as config_hash  # re-exported: checkpoints carry it
 from graft.errors import DataError, TrainingDiverged
+from graft.safe_load import load_weights_only, non_finite, require_finite
 
 if TYPE_CHECKING:
     from graft.data.types import Examples, Splits
 
 CHECKPOINT = "checkpoint.pt"
-
-# Settings that change where output goes or how often it is saved, never what is trained: a run
-# may be resumed with them changed. num_workers is among them because every random draw of data
-# loading is a pure function of (seed, epoch, batch), whichever process makes it.
-_NEUTRAL_TRAIN_KEYS = frozenset(
-    {
-        "progress",
-        "checkpoint_every",
-        "checkpoint_minutes",
-        "keep_checkpoint",
-        "num_workers",
-        "tensorboard",
-    }
-)
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """A stable hash of the settings that change training (not where its output goes)."""
-    relevant = {k: v for k, v in config.items() if k != "output"}
-    relevant["train"] = {
-        k: v for k, v in relevant.get("train", {}).items() if k not in _NEUTRAL_TRAIN_KEYS
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def data_fingerprint(splits: Splits) -> str:
@@ -117,22 +95,6 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def non_finite(tensors: dict[str, Any]) -> list[str]:
-    """Names of floating-point tensors in a (nested) state dict that hold NaN or Inf."""
-    bad: list[str] = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, torch.Tensor):
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                bad.append(prefix)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-
-    walk("", tensors)
-    return bad
-
-
 def save_checkpoint(
     run_dir: Path,
     *,
@@ -177,19 +139,12 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
             f"{path}: no checkpoint to resume from",
             hint="the run stopped before its first checkpoint; start it again without --resume",
         )
-    try:
-        # weights_only: tensors and plain data only, so a planted pickle cannot run code.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message ends by suggesting weights_only=False: the one thing not to do
-        # with a file from elsewhere, so it is not passed on.
-        raise DataError(
-            f"{path}: refused: the file holds Python objects other than tensors and plain data "
-            "(it was not loaded, none of its code ran)",
-            hint="a graft checkpoint never does; do not resume from a file you did not make",
-        ) from None
-    except Exception as e:  # a truncated or foreign file
-        raise DataError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    checkpoint = load_weights_only(
+        path,
+        "checkpoint",
+        hint="a graft checkpoint holds only tensors and plain data; do not resume from a file you "
+        "did not make",
+    )
     # A foreign file that loads (any state dict) must not fail later with a KeyError.
     if not isinstance(checkpoint, dict):
         raise DataError(f"{path}: not a graft checkpoint (a {type(checkpoint).__name__})")
@@ -197,11 +152,5 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     if missing or not isinstance(checkpoint["model"], dict):
         what = f"no {', '.join(missing)}" if missing else "its model is not a state dict"
         raise DataError(f"{path}: not a graft checkpoint ({what})")
-    bad = non_finite(checkpoint["model"])
-    if bad:
-        raise DataError(
-            f"{path}: NaN or Inf in the weights: {', '.join(bad[:3])}"
-            + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
-            hint="the checkpoint is damaged; start the run again without --resume",
-        )
+    require_finite(path, checkpoint["model"], "the checkpoint is damaged; start the run again")
     return checkpoint

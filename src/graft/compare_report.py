@@ -26,15 +26,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from graft.atomic import atomic_write_text
-from graft.compare import (
-    MANIFEST,
+from graft.compare import run_state
+from graft.compare_spec import MANIFEST, read_manifest
+from graft.compare_stats import (
     RunRecord,
     Stat,
     StrategySummary,
     evaluated_split,
     extra_names,
-    read_manifest,
-    run_state,
     significance_note,
     summarize,
 )

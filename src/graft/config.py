@@ -8,6 +8,8 @@ arguments (DESIGN.md, principle 1).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -281,7 +283,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a mapping, unvalidated; errors name the file and line."""
+    path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: config file not found", hint="give the path to a YAML config")
     try:
@@ -302,11 +306,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a mapping, unvalidated; errors name the file and line."""
-    return _read_yaml(Path(path))
-
-
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``3e-4``, ``true``,
     ``[1, 2]``), so types follow the same rules as in the file."""
@@ -319,14 +318,29 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    set_dotted(data, key, value, where=f"override {override!r}")
+
+
+def set_dotted(
+    data: dict[str, Any], key: str, value: Any, *, where: str, merge: bool = False
+) -> None:
+    """Set ``a.b.c`` in a nested config mapping, creating sections (an empty ``a:`` too); refuse
+    to descend into a value (the error starts with ``where``). ``merge``: a mapping given for a
+    section updates it instead of replacing it, as YAML nesting reads."""
     node = data
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
         if not isinstance(child, dict):
-            raise UsageError(f"override {override!r}: {'.'.join(parts[: i + 1])} is not a section")
+            raise UsageError(f"{where}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
-    node[parts[-1]] = value
+    last = parts[-1]
+    if merge and isinstance(value, dict) and isinstance(node.get(last), dict):
+        node[last] = {**node[last], **value}
+    else:
+        node[last] = value
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:
@@ -353,7 +367,7 @@ def validate(data: dict[str, Any], origin: str = "config") -> RunConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config (or start empty), apply dotted overrides, validate."""
-    data = _read_yaml(Path(path)) if path is not None else {}
+    data = read_yaml(path) if path is not None else {}
     # A `graft compare` or `graft search` block: `graft fit` runs the base config.
     data.pop("compare", None)
     data.pop("search", None)
@@ -365,3 +379,27 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML, the form saved in every run directory."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+# Settings that change where output goes or how often it is saved, never what is trained: a run
+# may be resumed with them changed. num_workers is among them because every random draw of data
+# loading is a pure function of (seed, epoch, batch), whichever process makes it.
+_NEUTRAL_TRAIN_KEYS = frozenset(
+    {
+        "progress",
+        "checkpoint_every",
+        "checkpoint_minutes",
+        "keep_checkpoint",
+        "num_workers",
+        "tensorboard",
+    }
+)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A stable hash of the settings that change training (not where its output goes)."""
+    relevant = {k: v for k, v in config.items() if k != "output"}
+    relevant["train"] = {
+        k: v for k, v in relevant.get("train", {}).items() if k not in _NEUTRAL_TRAIN_KEYS
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from graft.config import validate
+from graft.config import set_dotted, validate
 from graft.errors import UsageError
 
 SEARCH_KEY = "search"
@@ -414,20 +414,6 @@ def _check_sampler_fits(spec: SearchSpec, origin: str) -> None:
 # --------------------------------------------------------------------------- config values
 
 
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested mapping, creating sections; refuse to descend into a value."""
-    node = data
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise UsageError(f"search.space.{key}: {'.'.join(parts[: i + 1])} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
 def apply_params(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of the base config mapping with the sampled values set.
 
@@ -440,7 +426,7 @@ def apply_params(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str
     if name is not None and isinstance(strategy, dict) and strategy.get("name", "full") != name:
         data["strategy"] = {"name": name}
     for key, value in params.items():
-        set_dotted(data, key, value)
+        set_dotted(data, key, value, where=f"search.space.{key}")
     return data
 
 

