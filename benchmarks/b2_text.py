@@ -88,7 +88,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     )
 
     from graft.assets import minilm_dir
-    from graft.run import load_splits
+    from graft.prepare import load_splits
 
     with tempfile.TemporaryDirectory() as out:
         config = _config(spec, out)

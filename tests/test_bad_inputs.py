@@ -267,7 +267,7 @@ def test_the_base_configs_and_good_data_are_valid(
     """The control: the configs the cases start from, and the good data beside the bad, load and
     split cleanly, so each case fails because of its one bad input."""
     from graft.config import load_config
-    from graft.run import load_splits
+    from graft.prepare import load_splits
 
     shutil.copytree(BAD, tmp_path / "bad")
     monkeypatch.chdir(tmp_path)

@@ -12,8 +12,9 @@ from conftest import tiny_image_run_config
 from graft.config import validate
 from graft.console import RunLog
 from graft.errors import UsageError
+from graft.prepare import prepare
 from graft.regularize import L2SP, L1Penalty, MaxNorm
-from graft.run import fit, prepare
+from graft.run import fit
 
 DIGITS = {"dataset": "digits"}
 

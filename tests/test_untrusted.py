@@ -361,7 +361,7 @@ def test_the_config_option_reaches_the_hf_loaders(
     """``backbone.trust_remote_code`` in a run config is what every transformers loader gets."""
     from graft.config import validate
     from graft.console import RunLog
-    from graft.run import prepare
+    from graft.prepare import prepare
 
     table = tmp_path / "texts.csv"
     rows = [

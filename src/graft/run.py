@@ -1,14 +1,13 @@
-"""``graft fit``: data → backbone → plan → training → evaluation → saved model and report.
+"""``graft fit``: prepared run → run directory → training with checkpoints → evaluation → saved
+model, results and report; and ``--resume``, which continues exactly where a run stopped.
 
-This is the one place that reads the config; every component below it is called with plain
-arguments. Everything that can fail on user input (config, data, backbone, plan) is checked
-before the run directory is created, so a mistake leaves nothing half-written behind.
+What the run needs is built and checked first by :func:`graft.prepare.prepare` (every user
+mistake surfaces there), so the run directory is only created for a run that can start.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -16,15 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from graft.artifact import save_model
 from graft.atomic import atomic_write, atomic_write_text, remove_stale_temporaries, saving
-from graft.augment import build_augment, build_batch_mix
-from graft.cache import compute_features
 from graft.checkpoint import (
     CHECKPOINT,
     config_hash,
@@ -33,36 +29,25 @@ from graft.checkpoint import (
     save_checkpoint,
 )
 from graft.config import (
-    DataConfig,
-    InitConfig,
     RunConfig,
-    SourceConfig,
     dump_config,
     load_config,
 )
 from graft.console import EpochProgress, RunLog
-from graft.data import Splits, get_dataset, load_examples, make_splits
 from graft.data.types import Examples
 from graft.errors import DataError, Interrupted, TrainingDiverged, UsageError
 from graft.metrics import classification_metrics, summary_line
-from graft.models import Backbone, ImagePreprocess, build_backbone
-from graft.pipeline import Loaders
+from graft.prepare import Prepared, prepare
 from graft.runtime import (
     StopRequest,
     deterministic_mode,
     environment,
     peak_rss_mb,
     precision,
-    select_device,
-    set_threads,
     stop_on_signals,
 )
-from graft.strategies import build_plan
-from graft.strategies.plan import Plan
 from graft.train import (
     Hooks,
-    LoopSettings,
-    Objective,
     TrainState,
     apply_phase,
     evaluate,
@@ -90,59 +75,6 @@ class FitResult:
     def test_accuracy(self) -> float | None:
         test = self.results.get("test")
         return None if test is None else float(test["accuracy"])
-
-
-def _examples(source: SourceConfig, field: str) -> Examples:
-    try:
-        return load_examples(**source.model_dump())
-    except UsageError as e:  # an unknown dataset name, ...: say which config field holds it
-        raise UsageError(f"{field}: {e.message}", hint=e.hint) from None
-
-
-def load_splits(data: DataConfig) -> Splits:
-    """Read every set the config names and split/subsample them (seeded, stratified)."""
-    train = _examples(data.train, "data.train")
-    validation = _examples(data.validation, "data.validation") if data.validation else None
-    test = _examples(data.test, "data.test") if data.test else None
-    label_order = None
-    if data.train.dataset is not None:
-        info = get_dataset(data.train.dataset)
-        label_order = info.label_order
-        # A named set's own test split is used when the config names none.
-        if test is None and "test" in info.splits and data.train.split in (None, "train"):
-            test = load_examples(dataset=data.train.dataset, split="test")
-    extra = {
-        name: _examples(src, f"data.extra_eval.{name}") for name, src in data.extra_eval.items()
-    }
-    return make_splits(
-        train,
-        validation,
-        test,
-        extra,
-        val_fraction=data.val_fraction,
-        test_fraction=data.test_fraction,
-        train_size=data.train_size,
-        val_size=data.val_size,
-        test_size=data.test_size,
-        extra_size=data.extra_size,
-        seed=data.seed,
-        label_order=label_order,
-    )
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _trainable_in_plan(backbone: Backbone, plan: Plan) -> int:
-    """Parameters that train in at least one phase of the plan."""
-    ids: set[int] = set()
-    for phase in plan.phases:
-        apply_phase(backbone.groups, phase)
-        ids |= {id(p) for p in backbone.model.parameters() if p.requires_grad}
-    return sum(p.numel() for p in backbone.model.parameters() if id(p) in ids)
 
 
 def _new_run_dir(config: RunConfig) -> Path:
@@ -192,251 +124,6 @@ def _run_meta(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
-
-
-def _augmentation(data: DataConfig, backbone: Backbone, num_classes: int) -> tuple[Any, Any]:
-    """The per-image transform and batch mix of the config (images only)."""
-    wanted = data.augment != "none" or data.mixup_alpha > 0 or data.cutmix_alpha > 0
-    if not isinstance(backbone.preprocess, ImagePreprocess):
-        if wanted:
-            raise UsageError(
-                "data.augment, data.mixup_alpha, data.cutmix_alpha apply to images only"
-            )
-        return None, None
-    return (
-        build_augment(data.augment, backbone.preprocess.image_size),
-        build_batch_mix(data.mixup_alpha, data.cutmix_alpha, num_classes),
-    )
-
-
-def _initialize(
-    init: InitConfig, backbone: Backbone, train_loader: Any, device: torch.device, log: RunLog
-) -> None:
-    """Apply the ``init:`` section. It runs on a resume too (deterministically: the seed is set),
-    so that the references of L2-SP and distance bounds are the same as in the first run."""
-    from graft import init as policies
-
-    if init.body == "random":
-        policies.random_init(backbone, init.method, init.scale)
-        log(f"init: body re-initialized ({init.method})")
-    elif init.reinit_top:
-        try:
-            names = policies.reinit_top(backbone, init.reinit_top, init.method, init.scale)
-        except ValueError as e:
-            raise UsageError(f"init.reinit_top: {e}") from None
-        log(f"init: re-initialized the top {init.reinit_top} groups: {', '.join(names)}")
-    if init.head == "linear_probe":
-        data = compute_features(backbone.model, train_loader, device)
-        fit = policies.fit_head_linear_probe(backbone.model.head, data.features, data.targets)
-        log(f"init: head fitted by a linear probe (train accuracy {fit['accuracy']:.3f})")
-    elif init.head != "default":
-        policies.init_head(backbone.model.head, init.head, std=init.head_std)
-
-
-def _objective(config: RunConfig, model: torch.nn.Module, train_targets: np.ndarray) -> Objective:
-    """The loss, penalties and constraints of the config. Built after initialization: L2-SP and
-    the distance bound take the weights as they are now as their reference."""
-    from graft import regularize as reg
-    from graft.losses import build_loss, class_weights_from_counts
-
-    loss_cfg, r = config.loss, config.regularize
-    weights: torch.Tensor | list[float] | None = None
-    n_classes = int(model.head.fc.out_features)  # type: ignore[union-attr, arg-type]
-    if isinstance(loss_cfg.class_weights, list):
-        if len(loss_cfg.class_weights) != n_classes:
-            raise UsageError(
-                f"loss.class_weights: {len(loss_cfg.class_weights)} weights for {n_classes} classes"
-            )
-        weights = loss_cfg.class_weights
-    elif loss_cfg.class_weights != "none":
-        counts = np.bincount(train_targets, minlength=n_classes)
-        weights = class_weights_from_counts(counts, loss_cfg.class_weights)
-    loss_fn = build_loss(
-        loss_cfg.name,
-        label_smoothing=loss_cfg.label_smoothing,
-        class_weights=weights,
-        focal_gamma=loss_cfg.focal_gamma,
-    )
-    penalties: list[Any] = []
-    if r.l1:
-        penalties.append(reg.L1Penalty(model, r.l1))
-    if r.l2_sp or r.l2_sp_head:
-        penalties.append(reg.L2SP(model.named_parameters(), r.l2_sp, r.l2_sp_head))
-    constraints: list[Any] = []
-    if r.max_norm is not None:
-        constraints.append(reg.MaxNorm(model, r.max_norm))
-    if r.clamp is not None:
-        constraints.append(reg.Clamp(model.parameters(), *r.clamp))
-    if r.sign is not None:
-        constraints.append(
-            reg.SignConstraint(model.parameters(), "+" if r.sign == "nonnegative" else "initial")
-        )
-    if r.distance_bound is not None:
-        body = list(model.body.named_parameters(prefix="body"))  # type: ignore[union-attr]
-        constraints.append(
-            reg.DistanceBound(body, r.distance_bound, r.distance_norm, relative=r.distance_relative)
-        )
-    return Objective(loss_fn, penalties, constraints)
-
-
-def _settings(config: RunConfig, device: torch.device, random_batches: bool) -> LoopSettings:
-    o, s, t = config.optim, config.schedule, config.train
-    return LoopSettings(
-        optimizer=o.name,
-        lr=o.lr,
-        weight_decay=o.weight_decay,
-        decoupled_weight_decay=o.weight_decay_mode == "decoupled",
-        # L2-SP replaces weight decay on the backbone (Li et al. 2018).
-        body_weight_decay=0.0 if config.regularize.l2_sp else None,
-        momentum=o.momentum,
-        nesterov=o.nesterov,
-        betas=o.betas,
-        eps=o.eps,
-        schedule=s.name,
-        warmup_ratio=s.warmup_ratio,
-        warmup_steps=s.warmup_steps,
-        schedule_options=s.options(),
-        grad_accum=t.grad_accum,
-        max_grad_norm=t.max_grad_norm,
-        max_grad_value=t.max_grad_value,
-        metric=t.metric,
-        patience=t.early_stopping_patience,
-        min_delta=t.early_stopping_min_delta,
-        frozen_bn_updates=t.frozen_bn == "update",
-        feature_cache=t.feature_cache and not random_batches,
-        device=device,
-    )
-
-
-def _check_modality(backbone: Backbone, splits: Splits, name: str) -> None:
-    if backbone.modality != splits.train.modality:
-        raise UsageError(
-            f"backbone.name: {name} takes {backbone.modality} input, "
-            f"but data.train ({splits.train.origin}) holds {splits.train.modality}"
-        )
-
-
-def _check_closure_optimizer(settings: LoopSettings, backbone: Backbone, trainable: int) -> None:
-    from graft.optim import check_lbfgs_applicable
-
-    if settings.optimizer != "lbfgs":
-        return
-    if settings.grad_accum > 1:
-        raise UsageError("optim.name: lbfgs steps on whole batches; set train.grad_accum=1")
-    has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in backbone.model.modules())
-    reason = check_lbfgs_applicable(trainable, has_dropout)
-    if reason:
-        raise UsageError(
-            f"optim.name: lbfgs does not fit this run: {reason}",
-            hint="L-BFGS suits a small deterministic problem, e.g. strategy linear_probe",
-        )
-
-
-@dataclass
-class Prepared:
-    """Everything a run needs, built and checked from the config before any file is written."""
-
-    config: RunConfig
-    splits: Splits
-    backbone: Backbone
-    plan: Plan
-    loaders: Loaders
-    train_loader: Any
-    val_loader: Any
-    settings: LoopSettings
-    objective: Objective
-    device: torch.device
-    threads: int
-    channels_last: bool
-    trainable: int
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.splits.label_map.names)
-
-    def eval_loader(self, ex: Examples) -> Any:
-        eval_bs = self.config.train.eval_batch_size or 2 * self.config.train.batch_size
-        targets = self.splits.label_map.encode(ex.labels, ex.origin)
-        return self.loaders.loader(ex, targets, eval_bs, shuffle=False, by_length=True)
-
-
-def prepare(config: RunConfig, log: RunLog) -> Prepared:
-    """Data, backbone (initialized), plan, loaders, objective: everything but the run directory.
-    Every mistake in the config or the data surfaces here."""
-    threads = set_threads(config.train.threads)
-    device = select_device(config.train.device)
-    seed_everything(config.train.seed)
-    splits = load_splits(config.data)
-    log(
-        f"data: train {len(splits.train)}, validation {len(splits.validation)}, "
-        f"test {len(splits.test) if splits.test else 0}"
-        + "".join(f", {k} {len(v)}" for k, v in splits.extra.items())
-        + f"; {len(splits.label_map)} classes"
-    )
-    b = config.backbone
-    backbone = build_backbone(
-        b.name,
-        num_classes=len(splits.label_map),
-        source=b.source,
-        pretrained=b.pretrained,
-        head_dropout=b.head_dropout,
-        pooling=b.pooling,
-        dropout=b.dropout,
-        trust_remote_code=b.trust_remote_code,
-        image_size=config.data.image_size,
-        max_length=config.data.max_length,
-    )
-    _check_modality(backbone, splits, b.name)
-    plan = build_plan(
-        config.strategy.name,
-        config.strategy.params(),
-        groups=backbone.group_names(),
-        epochs=config.train.epochs,
-    )
-    trainable = _trainable_in_plan(backbone, plan)
-    channels_last = (
-        backbone.is_cnn if config.train.channels_last is None else config.train.channels_last
-    )
-    model = backbone.model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    loaders = Loaders(
-        backbone.preprocess,
-        backbone.tokenizer,
-        channels_last,
-        config.train.num_workers,
-        config.train.seed,
-        *_augmentation(config.data, backbone, len(splits.label_map)),
-    )
-    train_targets = splits.label_map.encode(splits.train.labels, splits.train.origin)
-    train_loader = loaders.loader(
-        splits.train,
-        train_targets,
-        config.train.batch_size,
-        shuffle=True,
-        by_length=True,
-        train=True,
-    )
-    settings = _settings(config, device, loaders.random)
-    _check_closure_optimizer(settings, backbone, trainable)
-    _initialize(config.init, backbone, train_loader, device, log)
-    prepared = Prepared(
-        config=config,
-        splits=splits,
-        backbone=backbone,
-        plan=plan,
-        loaders=loaders,
-        train_loader=train_loader,
-        val_loader=None,
-        settings=settings,
-        objective=_objective(config, model, train_targets),
-        device=device,
-        threads=threads,
-        channels_last=channels_last,
-        trainable=trainable,
-    )
-    prepared.val_loader = prepared.eval_loader(splits.validation)
-    return prepared
 
 
 class _Recorder:
@@ -819,7 +506,7 @@ def find_lr(
     on a copy of nothing: the model and optimizer are restored afterwards. Writes no run."""
     from graft.cache import cached_loaders, head_only
     from graft.lr_find import lr_find, plot_lr_find
-    from graft.train import apply_phase, phase_optimizer, set_train_mode
+    from graft.train import phase_optimizer, set_train_mode
 
     log = RunLog(quiet=quiet)
     prep = prepare(config, log)
