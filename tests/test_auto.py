@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from graft.auto import AutoOptions, base_config
+from graft.auto import Auto, AutoOptions, Step, base_config
 from graft.cli import main
 
 INFO_IMAGE = {"modality": "image", "n": 1797, "classes": 10, "side": 8, "has_test": False}
@@ -73,3 +73,16 @@ def test_auto_runs_the_loop_within_its_budget(tmp_path: Path) -> None:
     final = out["final"]
     assert (Path(final["model_dir"]) / "model.safetensors").is_file()
     assert Path(final["report"]).is_file() and final["test_accuracy"] is not None
+
+
+def test_the_probe_stays_the_final_model_when_fine_tuning_does_not_beat_it() -> None:
+    """Go back if not good enough: a fine-tuned final run worse than the probe on validation
+    is not delivered; one that is better is."""
+
+    auto = Auto(AutoOptions(data="digits", budget_s=60, quiet=True))
+    probe = Step("probe", "linear_probe", val_accuracy=0.84, test_accuracy=0.83, run_dir="p")
+    worse = Step("final", "full", val_accuracy=0.80, test_accuracy=0.81, run_dir="f")
+    better = Step("final", "full", val_accuracy=0.88, test_accuracy=0.87, run_dir="f")
+    kept = auto.keep_better(worse, probe)
+    assert (kept.strategy, kept.run_dir, kept.test_accuracy) == ("linear_probe", "p", 0.83)
+    assert auto.keep_better(better, probe) is better

@@ -226,7 +226,7 @@ def html_table(
     table_id: str | None = None,
     row_classes: Sequence[str | None] | None = None,
 ) -> str:
-    """An HTML ``<table>``; every string is escaped, except :class:`Markup` cells.
+    """An HTML ``<table>``; every string is escaped, except :class:`Markup` cells and headers.
 
     ``int`` and ``float`` cells are formatted and right-aligned; the columns listed in ``numeric``
     (indexes) are right-aligned whatever their cells are (e.g. pre-formatted ``"91.2%"``), and so
@@ -237,11 +237,9 @@ def html_table(
     classes = "" if css_class is None else f' class="{html.escape(css_class)}"'
     if table_id is not None:
         classes += f' id="{html.escape(table_id)}"'
+    num = ' class="num"'
     head = "".join(
-        f'<th class="num">{html.escape(h)}</th>'
-        if i in numeric_cols
-        else f"<th>{html.escape(h)}</th>"
-        for i, h in enumerate(headers)
+        f"<th{num if i in numeric_cols else ''}>{_cell(h)[0]}</th>" for i, h in enumerate(headers)
     )
     body = []
     for number, row in enumerate(rows):

@@ -165,25 +165,35 @@ def _leaderboard(summary: Mapping[str, Any]) -> str:
             return (1, t["number"])
         return (0, -t["value"] if maximize else t["value"])
 
+    def param(value: Any) -> Any:  # 1.2e-04, not a 4-decimal 0.0001: learning rates span decades
+        return f"{value:.3g}" if isinstance(value, float) else value
+
+    errors = any(t.get("error") for t in summary["trials"])
     rows = []
     for t in sorted(summary["trials"], key=order):
         test = t.get("test") or {}
-        note = t.get("error") or (
-            f"at epoch {t['pruned_at_epoch']}" if "pruned_at_epoch" in t else ""
-        )
-        rows.append(
-            [
-                t["number"],
-                t["state"].lower(),
-                t["value"],
-                *[t["params"].get(k) for k in keys],
-                test.get("accuracy"),
-                format_duration(t.get("wall_time_s")),
-                str(note).splitlines()[0] if note else None,
-            ]
-        )
-    headers = ["trial", "state", summary["metric"], *keys, "test accuracy", "time", "note"]
-    return html_table(headers, rows, numeric=[0, 2, len(headers) - 3, len(headers) - 2])
+        state = t["state"].lower()
+        if "pruned_at_epoch" in t:
+            state += f" at epoch {t['pruned_at_epoch']}"
+        state = Markup(f'<span style="white-space:nowrap">{html.escape(state)}</span>')
+        row = [
+            t["number"],
+            state,
+            t["value"],
+            *[param(t["params"].get(k)) for k in keys],
+            test.get("accuracy"),
+            format_duration(t.get("wall_time_s")),
+        ]
+        if errors:  # a column only when some trial failed: it holds the first line of its error
+            row.append(str(t["error"]).splitlines()[0] if t.get("error") else None)
+        rows.append(row)
+    # Dotted names may break after a dot: the table then fits the page's width.
+    names = [Markup(html.escape(k).replace(".", ".<wbr>")) for k in keys]
+    headers = ["trial", "state", summary["metric"], *names, "test accuracy", "time"]
+    headers += ["error"] if errors else []
+    numeric = [0, 2, len(keys) + 3, len(keys) + 4]
+    table = html_table(headers, rows, numeric=numeric)
+    return f'<div style="overflow-x:auto">{table}</div>'  # a wide space scrolls, never clips
 
 
 def render_search_report(summary: Mapping[str, Any]) -> str:
@@ -192,7 +202,7 @@ def render_search_report(summary: Mapping[str, Any]) -> str:
     sections: list[tuple[str, str]] = []
     if best is not None:
         items = [("trial", best["number"]), (summary["metric"], best["value"])]
-        items += [(k, v) for k, v in best["params"].items()]
+        items += [(k, f"{v:.3g}" if isinstance(v, float) else v) for k, v in best["params"].items()]
         test = best.get("test") or {}
         if test:
             items.append(("test accuracy", test.get("accuracy")))
