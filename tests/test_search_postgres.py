@@ -83,7 +83,7 @@ def postgres_url() -> Iterator[str]:
     )
     try:
         run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "graft", "graft")
-        yield f"postgresql+psycopg2://graft@127.0.0.1:{port}/graft"
+        yield f"postgresql://graft@127.0.0.1:{port}/graft"  # the README's form: any driver
     finally:
         subprocess.run(
             [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],

@@ -120,6 +120,7 @@ def open_storage(url: str) -> Any:
     long lock timeout (several workers write to one file)."""
     import optuna
 
+    url = with_installed_driver(url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
@@ -136,11 +137,29 @@ def open_storage(url: str) -> Any:
             )
     except ImportError as e:
         raise UsageError(
-            f"--storage {redact(url)}: the database driver is not installed ({e})",
+            f"--storage {redact(url)}: the database driver is not installed ({e.__cause__ or e})",
             hint="for PostgreSQL: pip install 'graftkit[postgres]' (psycopg2-binary)",
         ) from None
     except Exception as e:  # sqlalchemy: bad URL, unreachable server, refused login
         raise UsageError(f"--storage {redact(url)}: cannot open the storage: {e}") from None
+
+
+def with_installed_driver(url: str) -> str:
+    """``postgresql://…`` with the PostgreSQL driver that is installed named in it.
+
+    A plain ``postgresql://`` URL means SQLAlchemy's default driver, which changed from psycopg2
+    (SQLAlchemy 2.0) to psycopg 3 (2.1): with ``graftkit[postgres]`` (psycopg2) installed, the
+    URL the README shows failed under SQLAlchemy 2.1 with "No module named 'psycopg'". A URL that
+    names its driver (``postgresql+psycopg2://``) is left as it is."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "postgresql":
+        return url
+    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}://{rest}"
+    return url  # none installed: opening it says which module is missing
 
 
 def make_sampler(spec: SearchSpec, worker: int = 0) -> Any:
