@@ -65,6 +65,7 @@ def _graft_loaders(spec: dict[str, Any], backbone: Any) -> tuple[Any, Any, list[
 
 
 def run_graft(spec: dict[str, Any]) -> dict[str, Any]:
+    from graft.optim import OptimizerFactory, ScheduleFactory
     from graft.strategies import build_plan
     from graft.train import Hooks, LoopSettings, train
 
@@ -75,7 +76,10 @@ def run_graft(spec: dict[str, Any]) -> dict[str, Any]:
     tl, vl, names = _graft_loaders(spec, backbone)
     epochs = spec["epochs"]
     plan = build_plan("full", {}, groups=backbone.group_names(), epochs=epochs)
-    settings = LoopSettings(optimizer="adamw", lr=spec["lr"], weight_decay=0.01, schedule="cosine")
+    settings = LoopSettings(
+        optimizer=OptimizerFactory("adamw", lr=spec["lr"], weight_decay=0.01),
+        schedule=ScheduleFactory("cosine"),
+    )
     started = time.perf_counter()
     state = train(model, backbone.groups, plan, tl, vl, names, settings, Hooks())
     total = time.perf_counter() - started

@@ -39,6 +39,7 @@ def _data(spec: dict[str, Any]) -> tuple[Any, Any]:
 
 def run_graft(spec: dict[str, Any]) -> dict[str, Any]:
     from graft.models import build_backbone
+    from graft.optim import OptimizerFactory, ScheduleFactory
     from graft.pipeline import Loaders
     from graft.strategies import build_plan
     from graft.train import Hooks, LoopSettings, train
@@ -51,7 +52,10 @@ def run_graft(spec: dict[str, Any]) -> dict[str, Any]:
     tl = loaders.loader(tr.examples(), tr.labels, 64, shuffle=True, train=True)
     vl = loaders.loader(te.examples(), te.labels, 128, shuffle=False)
     plan = build_plan("lp_ft", {}, groups=bb.group_names(), epochs=spec["epochs"])
-    settings = LoopSettings(optimizer="adamw", lr=1e-3, weight_decay=0.01, schedule="cosine")
+    settings = LoopSettings(
+        optimizer=OptimizerFactory("adamw", lr=1e-3, weight_decay=0.01),
+        schedule=ScheduleFactory("cosine"),
+    )
     curve: list[tuple[float, float]] = []
     started = time.perf_counter()
 

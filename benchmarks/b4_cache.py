@@ -26,6 +26,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from data import fashion_mnist, vader_movies
 
     from graft.models import build_backbone
+    from graft.optim import OptimizerFactory, ScheduleFactory
     from graft.pipeline import Loaders
     from graft.strategies import build_plan
     from graft.train import Hooks, LoopSettings, train
@@ -46,10 +47,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         names = text.names
     plan = build_plan("linear_probe", {}, groups=bb.group_names(), epochs=spec["epochs"])
     settings = LoopSettings(
-        optimizer="adamw",
-        lr=1e-3,
-        weight_decay=0.01,
-        schedule="cosine",
+        optimizer=OptimizerFactory("adamw", lr=1e-3, weight_decay=0.01),
+        schedule=ScheduleFactory("cosine"),
         feature_cache=spec["cache"],
     )
     messages: list[str] = []

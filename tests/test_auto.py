@@ -3,24 +3,27 @@ final model) on digits with the tiny random-init backbone that ends within its b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import pytest
 
-from graft.auto import Auto, AutoOptions, Step, base_config
+from graft.auto import Auto, AutoOptions, DataInfo, Step, base_config
 from graft.cli import main
 
-INFO_IMAGE = {"modality": "image", "n": 1797, "classes": 10, "side": 8, "has_test": False}
-INFO_TEXT = {"modality": "text", "n": 5000, "classes": 2, "side": None, "has_test": False}
+INFO_IMAGE = DataInfo(modality="image", n=1797, classes=10, side=8, has_test=False)
+INFO_TEXT = DataInfo(modality="text", n=5000, classes=2, side=None, has_test=False)
 
 
 def test_backbone_defaults_follow_the_data_type(tmp_path: Path) -> None:
     image = base_config(AutoOptions("digits", 60), INFO_IMAGE, tmp_path)
     assert image["backbone"]["name"] == "tf_efficientnet_lite0"
     assert image["data"]["image_size"] == 64  # small grey images are upscaled to 64, not 224
-    big = base_config(AutoOptions("digits", 60), {**INFO_IMAGE, "side": 300}, tmp_path)
+    big = base_config(
+        AutoOptions("digits", 60), dataclasses.replace(INFO_IMAGE, side=300), tmp_path
+    )
     assert "image_size" not in big["data"]  # the backbone's own default
     text = base_config(AutoOptions("vader_movies", 60), INFO_TEXT, tmp_path)
     assert text["backbone"]["name"] == "minilm" and text["optim"]["lr"] == 5.0e-5

@@ -15,18 +15,18 @@ import pytest
 from conftest import tiny_image_run_config, write_yaml
 from scipy import stats
 
+import graft.recorder
 import graft.run
 from graft.cli import main
 from graft.compare import run_compare
-from graft.compare_report import collect_runs
-from graft.compare_spec import (
+from graft.compare.spec import (
     CompareSpec,
     load_compare,
     parse_spec,
     plan_runs,
     spec_from_options,
 )
-from graft.compare_stats import (
+from graft.compare.stats import (
     RunRecord,
     compare_to_best,
     describe,
@@ -35,6 +35,7 @@ from graft.compare_stats import (
 )
 from graft.config import load_config
 from graft.errors import DataError, UsageError
+from graft.reports.compare import collect_runs
 
 LEADERBOARD_ROW = re.compile(r"<tr(?: class=\"best\")?><td class=\"num\">\d+</td>")
 
@@ -273,16 +274,16 @@ def test_killed_compare_resumes_where_it_stopped(
 ) -> None:
     base = base_config(tmp_path, epochs=2)
     spec = parse_spec({"strategies": ["linear_probe"], "seeds": 3})
-    real_save = graft.run.save_checkpoint
+    real_save = graft.recorder.save_checkpoint
 
     def save_then_die(*args: Any, **kwargs: Any) -> None:
         real_save(*args, **kwargs)
         raise KeyboardInterrupt  # killed after the first epoch of the first run
 
-    monkeypatch.setattr(graft.run, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(graft.recorder, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_compare(base, spec, default_name="k", isolate=False, quiet=True)
-    monkeypatch.setattr(graft.run, "save_checkpoint", real_save)
+    monkeypatch.setattr(graft.recorder, "save_checkpoint", real_save)
     cdir = tmp_path / "compare-k"
     assert (cdir / "linear_probe-seed0" / "checkpoint.pt").is_file()
     # A run killed before its first epoch ended leaves a directory with nothing to resume.

@@ -220,7 +220,7 @@ def test_there_are_shipped_configs() -> None:
 def test_shipped_config_loads_and_refers_to_known_things(path: Path) -> None:
     from graft.data import get_dataset
     from graft.models import resolve_source
-    from graft.strategies import _STRATEGIES
+    from graft.strategies import get_strategy, strategies
 
     cfg = load_config(path)
     # Names in it resolve: backbone, datasets, strategy and its parameters.
@@ -230,6 +230,6 @@ def test_shipped_config_loads_and_refers_to_known_things(path: Path) -> None:
     for src in sources:
         if src is not None and src.dataset is not None:
             get_dataset(src.dataset)
-    assert cfg.strategy.name in _STRATEGIES
-    accepted = inspect.signature(_STRATEGIES[cfg.strategy.name]).parameters
+    assert cfg.strategy.name in strategies()
+    accepted = inspect.signature(get_strategy(cfg.strategy.name)).parameters
     assert set(cfg.strategy.params()) <= set(accepted) - {"groups", "epochs"}

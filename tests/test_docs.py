@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from graft.compare_spec import parse_spec
+from graft.compare.spec import parse_spec
 from graft.config import validate
 from graft.errors import UsageError
-from graft.search_space import check_against_config, parse_search
+from graft.search.space import check_against_config, parse_search
 from graft.strategies import build_plan
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,6 +16,7 @@ import torch
 from conftest import tiny_image_run_config, write_yaml
 from PIL import Image
 
+import graft.recorder
 import graft.run
 from graft.atomic import atomic_write, remove_stale_temporaries
 from graft.augment import build_augment, build_batch_mix
@@ -56,13 +57,13 @@ def folder_config(tmp_path: Path, data: Path, **train: Any) -> Path:
 
 
 def interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = graft.run.save_checkpoint
+    real = graft.recorder.save_checkpoint
 
     def save_then_die(*args: Any, **kwargs: Any) -> None:
         real(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(graft.run, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(graft.recorder, "save_checkpoint", save_then_die)
 
 
 # --------------------------------------------------------------------------- fingerprints

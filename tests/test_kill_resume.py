@@ -51,7 +51,7 @@ import json, os, sys, traceback
 import torch
 torch.set_num_threads(1)  # before any parallel region: forking after one would be unsafe
 import sklearn.datasets, timm, matplotlib.pyplot  # what every run imports: paid once
-import graft.cli, graft.report, graft.run
+import graft.cli, graft.reports.run, graft.run
 for line in sys.stdin:
     job = json.loads(line)
     pid = os.fork()

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import ALL_TINY, NUM_CLASSES, Tiny, build_tiny, random_examples
 
+from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.pipeline import Loaders
 from graft.strategies import build_plan, strategies
 from graft.strategies.plan import Plan
@@ -52,7 +53,10 @@ def test_only_planned_parameters_change(
     def targets(ex: Any) -> np.ndarray:
         return np.array([codes[y] for y in ex.labels], dtype=np.int64)
 
-    settings = LoopSettings(optimizer="adamw", lr=1e-2, weight_decay=0.01, schedule="constant")
+    settings = LoopSettings(
+        optimizer=OptimizerFactory("adamw", lr=1e-2, weight_decay=0.01),
+        schedule=ScheduleFactory("constant"),
+    )
     train(
         backbone.model,
         backbone.groups,

@@ -36,7 +36,7 @@ def test_objective_carries_the_configured_penalties_and_constraints(tmp_path: Pa
     }
     assert kinds == {L1Penalty, L2SP, MaxNorm}
     # L2-SP replaces weight decay on the backbone: only the head keeps it.
-    assert prep.settings.body_weight_decay == 0.0
+    assert prep.settings.optimizer.body_weight_decay == 0.0
 
 
 def test_penalties_enter_the_loss(tmp_path: Path) -> None:

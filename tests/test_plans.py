@@ -20,8 +20,9 @@ from torch import nn
 
 from graft.errors import UsageError
 from graft.models import Backbone
+from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.pipeline import Loaders
-from graft.strategies import _STRATEGIES, build_plan, strategies
+from graft.strategies import build_plan, get_strategy, strategies
 from graft.strategies.plan import Phase, Plan
 from graft.train import Hooks, LoopSettings, TrainState, train
 
@@ -30,7 +31,7 @@ LABELS = ["a", "b", "c"]
 
 
 def _required_params(name: str) -> list[str]:
-    sig = inspect.signature(_STRATEGIES[name])
+    sig = inspect.signature(get_strategy(name))
     return [
         p.name
         for p in sig.parameters.values()
@@ -86,7 +87,10 @@ def run_plan(backbone: Backbone, plan: Plan, *, steps_per_epoch: int = 2) -> Rec
             for g in opt.param_groups
         ]
 
-    settings = LoopSettings(optimizer="adamw", lr=LR, weight_decay=0.01, schedule="constant")
+    settings = LoopSettings(
+        optimizer=OptimizerFactory("adamw", lr=LR, weight_decay=0.01),
+        schedule=ScheduleFactory("constant"),
+    )
     hooks = Hooks(phase_start=phase_start, epoch_end=epoch_end)
     try:
         train(model, backbone.groups, plan, train_loader, val_loader, LABELS, settings, hooks)

@@ -15,15 +15,9 @@ import pytest
 
 from graft.errors import DataError
 from graft.metrics import classification_metrics
-from graft.report import (
-    _figure_to_img_tag,
-    confusion_figure,
-    curves_figure,
-    format_pct,
-    html_table,
-    page,
-    write_run_report,
-)
+from graft.reports.figures import confusion_figure, curves_figure, figure_to_img_tag
+from graft.reports.html import format_pct, html_table, page
+from graft.reports.run import write_run_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LABELS = ["T-shirt/top", "Trouser", "<Pull & over>", "Dre$$"]
@@ -253,7 +247,7 @@ def test_confusion_figure_for_twenty_classes() -> None:
     assert ax.get_yticklabels()[0].get_text().startswith("a rather long")
     assert ax.get_yticklabels()[19].get_text().endswith("name 19")
     assert len(ax.texts) == 400  # every cell annotated
-    png = base64.b64decode(IMG_RE.findall(_figure_to_img_tag(fig))[0])
+    png = base64.b64decode(IMG_RE.findall(figure_to_img_tag(fig))[0])
     assert png.startswith(PNG_MAGIC)
 
 
@@ -314,5 +308,5 @@ def test_page_escapes_title_and_headings() -> None:
 
 
 def test_importing_report_does_not_import_matplotlib() -> None:
-    code = "import sys, graft.report; assert 'matplotlib' not in sys.modules, 'imported'"
+    code = "import sys, graft.reports.run; assert 'matplotlib' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

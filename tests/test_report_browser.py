@@ -15,7 +15,7 @@ import pytest
 from conftest import tiny_image_run_config
 
 from graft.compare import run_compare
-from graft.compare_spec import parse_spec
+from graft.compare.spec import parse_spec
 
 pytestmark = pytest.mark.integration
 

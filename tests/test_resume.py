@@ -12,6 +12,7 @@ import pytest
 from conftest import tiny_image_run_config, write_yaml
 from safetensors.torch import load_file
 
+import graft.recorder
 import graft.run
 from graft.checkpoint import CHECKPOINT
 from graft.cli import main
@@ -49,7 +50,7 @@ def weights(run_dir: Path) -> dict[str, Any]:
 
 def interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Make training die (as on Ctrl-C) right after the first checkpoint is written."""
-    real: Callable[..., None] = graft.run.save_checkpoint
+    real: Callable[..., None] = graft.recorder.save_checkpoint
     calls: list[int] = []
 
     def save_then_die(*args: Any, **kwargs: Any) -> None:
@@ -57,7 +58,7 @@ def interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> list[in
         calls.append(kwargs["state"]["epoch"])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(graft.run, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(graft.recorder, "save_checkpoint", save_then_die)
     return calls
 
 
@@ -126,7 +127,7 @@ def test_interrupt_before_any_checkpoint_leaves_no_run(
     def die(*_: Any, **__: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(graft.run, "save_checkpoint", die)
+    monkeypatch.setattr(graft.recorder, "save_checkpoint", die)
     with pytest.raises(KeyboardInterrupt):
         fit(digits_config(tmp_path / "runs"), quiet=True)
     assert not any((tmp_path / "runs").iterdir())

@@ -34,11 +34,11 @@ def epochs(p: Plan) -> list[int]:
 
 
 def test_registered_with_a_summary() -> None:
-    from graft.strategies import _STRATEGIES
+    from graft.strategies import get_strategy
 
     for name in NEW:
         assert name in strategies()
-        doc = (_STRATEGIES[name].__doc__ or "").strip().splitlines()
+        doc = (get_strategy(name).__doc__ or "").strip().splitlines()
         assert doc and len(doc[0]) > 20, name
 
 
@@ -255,6 +255,7 @@ def _run(
 ) -> tuple[Any, dict[str, bool], list[tuple[str, list[dict[str, Any]]]]]:
     """Train a copy of ``backbone`` with strategy ``name``: the final state, whether each
     parameter changed, and the group table logged at each phase start."""
+    from graft.optim import OptimizerFactory, ScheduleFactory
     from graft.train import Hooks, LoopSettings, train
 
     b = copy.deepcopy(backbone)
@@ -262,7 +263,10 @@ def _run(
     p = build_plan(name, params, groups=b.group_names(), epochs=epochs)
     tables: list[tuple[str, list[dict[str, Any]]]] = []
     hooks = Hooks(phase_start=lambda i, phase, table: tables.append((phase.name, table)))
-    settings = LoopSettings(optimizer="adam", lr=lr, weight_decay=0.0, schedule="constant")
+    settings = LoopSettings(
+        optimizer=OptimizerFactory("adam", lr=lr, weight_decay=0.0),
+        schedule=ScheduleFactory("constant"),
+    )
     torch.manual_seed(1)
     state = train(
         b.model, b.groups, p, _loader(16, 0, True), _loader(8, 1, False), ["a", "b", "c"],

@@ -11,6 +11,7 @@ import torch
 from conftest import TINY_BACKBONES, build_tiny, random_examples
 
 from graft.models import Backbone
+from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.pipeline import Loaders
 from graft.strategies import build_plan
 from graft.strategies.plan import Phase, Plan
@@ -49,7 +50,7 @@ def test_hooks_in_order_and_step_counting(vit: Backbone) -> None:
         step=lambda i, loss, n: calls.append(("step", i, n)),
         epoch_end=lambda st, rec, best, opt, sch: calls.append(("end", st.epoch, rec["step"])),
     )
-    settings = LoopSettings(lr=1e-3, grad_accum=2)
+    settings = LoopSettings(optimizer=OptimizerFactory(lr=1e-3), grad_accum=2)
     state = train(vit.model, vit.groups, full_plan(vit, 2), tr, va, LABELS, settings, hooks)
     n_groups = len(vit.groups)
     # ceil(3 batches / 2 accumulated) = 2 optimizer steps per epoch
@@ -77,7 +78,10 @@ def test_gradient_accumulation_equals_the_big_batch(vit: Backbone) -> None:
     """2 micro-batches of 4 accumulated = 1 batch of 8 (same examples, same order)."""
     twin = build_tiny(TINY_BACKBONES["timm"][1], None)
     start = {k: v.detach().clone() for k, v in vit.model.named_parameters()}
-    opts = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "schedule": "constant"}
+    opts = {
+        "optimizer": OptimizerFactory("sgd", lr=0.1, momentum=0.0),
+        "schedule": ScheduleFactory("constant"),
+    }
     tr8, va = loaders(vit, n_train=16, batch=8)
     tr4, _ = loaders(twin, n_train=16, batch=4)
     plan = full_plan(vit, 1)
@@ -95,7 +99,7 @@ def test_early_stopping_ends_the_phase(vit: Backbone) -> None:
     tr, va = loaders(vit, n_train=8, batch=4)
     plan = Plan("x", (Phase("a", tuple(vit.group_names()), 6, patience=1),))
     # lr 0: the validation score never improves after the first epoch
-    settings = LoopSettings(optimizer="sgd", lr=0.0, momentum=0.0, metric="loss")
+    settings = LoopSettings(optimizer=OptimizerFactory("sgd", lr=0.0, momentum=0.0), metric="loss")
     state = train(vit.model, vit.groups, plan, tr, va, LABELS, settings, Hooks())
     assert state.epoch == 2 and state.best_epoch == 1 and state.phase == 1
 

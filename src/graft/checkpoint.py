@@ -15,9 +15,11 @@ weights (the last good checkpoint survives a diverging run). It is read with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +95,19 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@contextlib.contextmanager
+def rng_untouched() -> Iterator[None]:
+    """Run a block without touching the process's RNG streams: whatever it draws, the streams
+    continue afterwards as if it had not run. The training loop sets up each phase (caches,
+    prefix checks) inside it, so a checkpoint written just before a phase's set-up and one
+    written just after resume alike."""
+    saved = rng_states()
+    try:
+        yield
+    finally:
+        restore_rng_states(saved)
 
 
 def save_checkpoint(

@@ -60,6 +60,14 @@ class RunLog:
             with self.file.open("a", encoding="utf-8") as f:
                 f.writelines(line + "\n" for line in lines)
 
+    def phase_table(self, index: int, phase_name: str, table: list[dict[str, Any]]) -> None:
+        """A phase's layer groups: size, state (train / frozen / partial) and learning rate."""
+        rows = [
+            [r["group"], f"{r['params']:,}", r["state"], f"{r['lr']:.2e}" if r["lr"] else "-"]
+            for r in table
+        ]
+        self.table(f"phase {index}: {phase_name}", ["group", "params", "state", "lr"], rows)
+
 
 class EpochProgress:
     """A progress bar over one epoch's batches: loss, throughput and ETA. Silent when the output

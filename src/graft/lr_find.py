@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from torch import Tensor, nn
 
 from graft.errors import UsageError
 from graft.optim import is_closure_optimizer
+
+if TYPE_CHECKING:
+    from graft.config import RunConfig
 
 BatchLoss = Callable[[nn.Module, Any], Tensor]
 SKIP_START = 0.1  # fraction of the sweep's first points left out of the steepest-descent search
@@ -231,3 +234,42 @@ def plot_lr_find(result: LRFindResult, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def find_lr(
+    config: RunConfig, *, steps: int = 100, plot: Path | None = None, quiet: bool = False
+) -> dict[str, Any]:
+    """``graft lr-find``: an exponential LR sweep over the first phase of the plan (Smith 2017),
+    on a copy of nothing: the model and optimizer are restored afterwards. Writes no run."""
+    from graft.cache import cached_loaders, head_only
+    from graft.console import RunLog
+    from graft.prepare import prepare
+    from graft.train import apply_phase, set_train_mode
+
+    log = RunLog(quiet=quiet)
+    prep = prepare(config, log)
+    phase = prep.plan.phases[0]
+    apply_phase(prep.backbone.groups, phase)
+    model: torch.nn.Module = prep.backbone.model
+    loader = prep.train_loader
+    if prep.settings.feature_cache and head_only(phase):  # a linear probe sweeps in seconds
+        loader = cached_loaders(model, loader, prep.val_loader, prep.device).train
+        model = prep.backbone.model.head
+    frozen_bn = prep.settings.frozen_bn_updates
+    result = lr_find(
+        model,
+        loader,
+        prep.objective.loss,
+        lambda: prep.settings.optimizer(prep.backbone.groups, phase),
+        num_steps=steps,
+        train_mode=lambda m: set_train_mode(m, frozen_bn),
+    )
+    out = result.to_dict()
+    if plot is not None:
+        out["plot"] = str(plot_lr_find(result, plot))
+    suggestion = f"{result.suggestion:.2e}" if result.suggestion else "none (sweep too short)"
+    log(
+        f"lr-find over phase {phase.name!r} ({len(result.lrs)} steps): "
+        f"suggested optim.lr {suggestion}"
+    )
+    return out

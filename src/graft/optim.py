@@ -22,13 +22,15 @@ For plain SGD without momentum the two coincide; with momentum or any adaptive m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from graft.errors import UsageError
+from graft.models.base import LayerGroup
+from graft.strategies.plan import Phase
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "amsgrad", "rmsprop", "adagrad", "adadelta", "lbfgs")
 SCHEDULES = ("constant", "step", "cosine", "linear", "one_cycle", "slanted_triangular")
@@ -189,6 +191,83 @@ def check_lbfgs_applicable(
             f"{max_params:,}, e.g. a head on frozen features"
         )
     return None
+
+
+def param_groups(
+    groups: list[LayerGroup],
+    phase: Phase,
+    lr: float,
+    weight_decay: float,
+    body_weight_decay: float | None = None,
+) -> list[dict[str, Any]]:
+    """One optimizer group per (layer group, decay or not); biases and norm weights (1-D) get no
+    weight decay. Each carries its own ``lr`` = base LR × the phase's multiplier.
+    ``body_weight_decay`` overrides the decay of every group but the head (0 under L2-SP, whose
+    penalty replaces weight decay on the backbone)."""
+    out = []
+    for g in groups:
+        trainable = [(n, p) for n, p in g.params if p.requires_grad]
+        wd = weight_decay if g.name == "head" or body_weight_decay is None else body_weight_decay
+        for decay in (True, False):
+            ps = [p for _, p in trainable if (p.ndim > 1) == decay]
+            if ps:
+                out.append(
+                    {
+                        "params": ps,
+                        "lr": lr * phase.multiplier(g.name),
+                        "weight_decay": wd if decay else 0.0,
+                        "group": g.name,
+                    }
+                )
+    return out
+
+
+@dataclass(frozen=True)
+class OptimizerFactory:
+    """The run's optimizer, fixed once: each phase calls it with the layer groups and gets a
+    fresh optimizer over the groups it trains, each at base LR × the phase's multiplier.
+
+    The arguments are :func:`build_optimizer`'s, checked when the factory is made (so a bad
+    combination is refused before a run starts, not at its first phase)."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    body_weight_decay: float | None = None  # None: weight_decay (0 under L2-SP)
+    decoupled_weight_decay: bool = True  # AdamW-style; False: L2 added to the gradient
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        probe = torch.nn.Parameter(torch.zeros(1))
+        self.build([{"params": [probe]}])  # raises UsageError for what build_optimizer refuses
+
+    def __call__(self, groups: list[LayerGroup], phase: Phase) -> torch.optim.Optimizer:
+        """The optimizer of one phase, over the groups it trains, each at its own LR."""
+        return self.build(
+            param_groups(groups, phase, self.lr, self.weight_decay, self.body_weight_decay)
+        )
+
+    def build(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        """The optimizer over ready-made parameter groups."""
+        return build_optimizer(
+            self.name,
+            groups,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            betas=self.betas,
+            eps=self.eps,
+            decoupled_weight_decay=self.decoupled_weight_decay,
+        )
+
+    @property
+    def closure_based(self) -> bool:
+        """Whether its optimizers step with a closure (L-BFGS): see :func:`is_closure_optimizer`."""
+        return self.name == "lbfgs"
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,3 +462,36 @@ def build_scheduler(
         **kwargs,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass(frozen=True)
+class ScheduleFactory:
+    """The run's LR schedule, fixed once: each phase calls it with its optimizer and its number
+    of optimizer steps. The options are checked by :meth:`check` (done once, before a run)."""
+
+    name: str = "cosine"
+    warmup_ratio: float = 0.0
+    warmup_steps: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)  # step_size, gamma, ...
+
+    def check(self, total_steps: int) -> None:
+        """Raise :class:`~graft.errors.UsageError` if the schedule cannot run ``total_steps``."""
+        make_schedule_factor(
+            self.name,
+            total_steps=total_steps,
+            warmup_ratio=self.warmup_ratio,
+            warmup_steps=self.warmup_steps,
+            **self.options,
+        )
+
+    def __call__(
+        self, optimizer: torch.optim.Optimizer, total_steps: int
+    ) -> torch.optim.lr_scheduler.LambdaLR:
+        return build_scheduler(
+            self.name,
+            optimizer,
+            total_steps=total_steps,
+            warmup_ratio=self.warmup_ratio,
+            warmup_steps=self.warmup_steps,
+            **self.options,
+        )

@@ -26,6 +26,7 @@ from graft.data import Splits, get_dataset, load_examples, make_splits
 from graft.data.types import Examples
 from graft.errors import UsageError
 from graft.models import Backbone, ImagePreprocess, build_backbone
+from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.pipeline import Loaders
 from graft.runtime import (
     select_device,
@@ -33,11 +34,7 @@ from graft.runtime import (
 )
 from graft.strategies import build_plan
 from graft.strategies.plan import Plan
-from graft.train import (
-    LoopSettings,
-    Objective,
-    apply_phase,
-)
+from graft.train import LoopSettings, Objective, apply_phase, steps_per_epoch
 
 
 def _examples(source: SourceConfig, field: str) -> Examples:
@@ -179,22 +176,29 @@ def _objective(config: RunConfig, model: torch.nn.Module, train_targets: np.ndar
 
 
 def _settings(config: RunConfig, device: torch.device, random_batches: bool) -> LoopSettings:
+    """The loop's settings: the optimizer and schedule factories, built (and checked) once."""
     o, s, t = config.optim, config.schedule, config.train
-    return LoopSettings(
-        optimizer=o.name,
+    optimizer = OptimizerFactory(
+        name=o.name,
         lr=o.lr,
         weight_decay=o.weight_decay,
-        decoupled_weight_decay=o.weight_decay_mode == "decoupled",
         # L2-SP replaces weight decay on the backbone (Li et al. 2018).
         body_weight_decay=0.0 if config.regularize.l2_sp else None,
+        decoupled_weight_decay=o.weight_decay_mode == "decoupled",
         momentum=o.momentum,
         nesterov=o.nesterov,
         betas=o.betas,
         eps=o.eps,
-        schedule=s.name,
+    )
+    schedule = ScheduleFactory(
+        name=s.name,
         warmup_ratio=s.warmup_ratio,
         warmup_steps=s.warmup_steps,
-        schedule_options=s.options(),
+        options=s.options(),
+    )
+    return LoopSettings(
+        optimizer=optimizer,
+        schedule=schedule,
         grad_accum=t.grad_accum,
         max_grad_norm=t.max_grad_norm,
         max_grad_value=t.max_grad_value,
@@ -215,12 +219,12 @@ def _check_modality(backbone: Backbone, splits: Splits, name: str) -> None:
         )
 
 
-def _check_closure_optimizer(settings: LoopSettings, backbone: Backbone, trainable: int) -> None:
+def _check_closure_optimizer(config: RunConfig, backbone: Backbone, trainable: int) -> None:
     from graft.optim import check_lbfgs_applicable
 
-    if settings.optimizer != "lbfgs":
+    if config.optim.name != "lbfgs":
         return
-    if settings.grad_accum > 1:
+    if config.train.grad_accum > 1:
         raise UsageError("optim.name: lbfgs steps on whole batches; set train.grad_accum=1")
     has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in backbone.model.modules())
     reason = check_lbfgs_applicable(trainable, has_dropout)
@@ -316,8 +320,11 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         by_length=True,
         train=True,
     )
+    _check_closure_optimizer(config, backbone, trainable)
     settings = _settings(config, device, loaders.random)
-    _check_closure_optimizer(settings, backbone, trainable)
+    steps = steps_per_epoch(len(train_loader), settings)
+    for phase in plan.phases:  # a schedule option that does not apply: refused before the run
+        settings.schedule.check(steps * phase.epochs)
     _initialize(config.init, backbone, train_loader, device, log)
     prepared = Prepared(
         config=config,

@@ -2,7 +2,8 @@
 model, results and report; and ``--resume``, which continues exactly where a run stopped.
 
 What the run needs is built and checked first by :func:`graft.prepare.prepare` (every user
-mistake surfaces there), so the run directory is only created for a run that can start.
+mistake surfaces there), so the run directory is only created for a run that can start. The
+loop's hooks are :class:`graft.recorder.Recorder`; what a resume checks is :mod:`graft.resume`.
 """
 
 from __future__ import annotations
@@ -17,47 +18,32 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file as safetensors_load
-from safetensors.torch import save as safetensors_save
 
 from graft.artifact import save_model
-from graft.atomic import atomic_write, atomic_write_text, remove_stale_temporaries, saving
-from graft.checkpoint import (
-    CHECKPOINT,
-    config_hash,
-    data_fingerprint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from graft.config import (
-    RunConfig,
-    dump_config,
-    load_config,
-)
-from graft.console import EpochProgress, RunLog
+from graft.atomic import atomic_write_text, saving
+from graft.checkpoint import config_hash, data_fingerprint
+from graft.config import RunConfig, dump_config, load_config
+from graft.console import RunLog
 from graft.data.types import Examples
-from graft.errors import DataError, Interrupted, TrainingDiverged, UsageError
+from graft.errors import TrainingDiverged
 from graft.metrics import classification_metrics, summary_line
 from graft.prepare import Prepared, prepare
-from graft.runtime import (
-    StopRequest,
-    deterministic_mode,
-    environment,
-    peak_rss_mb,
-    precision,
-    stop_on_signals,
+from graft.recorder import Recorder
+from graft.resume import check_data, last_checkpoint, read_resume, resume_state
+from graft.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    LOG,
+    METRICS,
+    MODEL_DIR,
+    RESULTS,
+    RUN_META,
+    STEPS,
+    find_resumable,
+    new_run_dir,
 )
-from graft.train import (
-    Hooks,
-    TrainState,
-    apply_phase,
-    evaluate,
-    train,
-)
-
-RESULTS = "results.json"
-RUN_META = "run.json"
-METRICS = "metrics.jsonl"  # one line per epoch
-STEPS = "steps.jsonl"  # one line per optimizer step: its number and loss
+from graft.runtime import deterministic_mode, environment, peak_rss_mb, precision, stop_on_signals
+from graft.train import TrainState, evaluate, train
 
 
 @dataclass
@@ -69,7 +55,7 @@ class FitResult:
 
     @property
     def model_dir(self) -> Path:
-        return self.run_dir / "model"
+        return self.run_dir / MODEL_DIR
 
     @property
     def test_accuracy(self) -> float | None:
@@ -77,242 +63,22 @@ class FitResult:
         return None if test is None else float(test["accuracy"])
 
 
-def _new_run_dir(config: RunConfig) -> Path:
-    root = Path(config.output.dir)
-    if config.output.name:
-        run_dir = root / config.output.name
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise UsageError(
-                f"{run_dir}: run directory already exists",
-                hint="use --resume to continue it, or choose another output.name",
-            )
-        return run_dir
-    backbone = config.backbone.name.replace("/", "_").replace(":", "_")
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{backbone}-{config.strategy.name}"
-    run_dir, n = root / stem, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = root / f"{stem}-{n}"
-    return run_dir
-
-
-def find_resumable(config: RunConfig, digest: str) -> Path:
-    """The newest unfinished run under ``output.dir`` (or ``output.name``) with this config."""
-    root = Path(config.output.dir)
-    candidates = (
-        [root / config.output.name]
-        if config.output.name
-        else sorted(
-            (p for p in root.glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True
-        )
-    )
-    for run_dir in candidates:
-        # Unfinished: no results yet (with or without a checkpoint: a run killed before its
-        # first one starts over).
-        if not (run_dir / RESULTS).is_file() and _run_meta(run_dir).get("config_hash") == digest:
-            return run_dir
-    raise DataError(
-        f"{root}: no unfinished run with this config to resume",
-        hint="start it without --resume, or give the run directory: --resume RUN_DIR",
-    )
-
-
-def _run_meta(run_dir: Path) -> dict[str, Any]:
-    """The run's ``run.json`` (config hash, data fingerprint); empty if absent or unreadable."""
-    try:
-        meta = json.loads((run_dir / RUN_META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-class _Recorder:
-    """The hooks of a fit: progress, the run log, metrics.jsonl and steps.jsonl, best weights,
-    checkpoints (at every epoch end, every ``train.checkpoint_every`` steps, every
-    ``train.checkpoint_minutes``, and when a signal asks the run to stop)."""
-
-    def __init__(
-        self,
-        run_dir: Path,
-        prep: Prepared,
-        log: RunLog,
-        digests: tuple[str, str],
-        quiet: bool,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    ):
-        self.run_dir, self.prep, self.log = run_dir, prep, log
-        self.digest, self.data_digest = digests
-        self.on_epoch = on_epoch
-        self.progress = EpochProgress(log.console, prep.config.train.progress and not quiet)
-        self.best_path = run_dir / "best.safetensors"
-        self.stop = StopRequest()  # replaced by fit with the one its signal handlers set
-        self.last_save = time.monotonic()
-
-    def hooks(self) -> Hooks:
-        return Hooks(
-            phase_start=self.phase_start,
-            message=self.log,
-            epoch_start=self.epoch_start,
-            step=self.progress.step,
-            step_end=self.step_end,
-            epoch_end=self.epoch_end,
-        )
-
-    def phase_start(self, index: int, phase: Any, table: list[dict[str, Any]]) -> None:
-        rows = [
-            [r["group"], f"{r['params']:,}", r["state"], f"{r['lr']:.2e}" if r["lr"] else "-"]
-            for r in table
-        ]
-        self.log.table(f"phase {index}: {phase.name}", ["group", "params", "state", "lr"], rows)
-
-    def epoch_start(self, state: TrainState, n_batches: int) -> None:
-        self.progress.start(f"epoch {state.epoch + 1}/{self.prep.plan.epochs}", n_batches)
-
-    def step_end(self, state: TrainState, opt: Any, sched: Any, epoch_done: bool) -> None:
-        """Log the step's loss; checkpoint when one is due (not at an epoch's last step: the
-        epoch-end checkpoint follows) or when a signal asked to stop, and then stop."""
-        path = self.run_dir / STEPS
-        with saving(path, "step log"), path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": state.step, "loss": state.losses[-1]}) + "\n")
-        if self.stop.requested or (self._due(state.step) and not epoch_done):
-            self.checkpoint(state, opt, sched)
-        self._stop_if_asked(state)
-
-    def _due(self, step: int) -> bool:
-        every, minutes = (
-            self.prep.config.train.checkpoint_every,
-            self.prep.config.train.checkpoint_minutes,
-        )
-        if every is not None and step % every == 0:
-            return True
-        return minutes is not None and time.monotonic() - self.last_save >= 60 * minutes
-
-    def checkpoint(self, state: TrainState, opt: Any, sched: Any) -> None:
-        save_checkpoint(
-            self.run_dir,
-            model=self.prep.backbone.model,
-            optimizer=opt,
-            scheduler=sched,
-            state=state.to_dict(),
-            plan=self.prep.plan.to_dict(),
-            config_digest=self.digest,
-            data_digest=self.data_digest,
-        )
-        self.last_save = time.monotonic()
-
-    def _stop_if_asked(self, state: TrainState) -> None:
-        if not self.stop.requested:
-            return
-        self.progress.stop()
-        where = f"step {state.step}, epoch {state.epoch + (1 if state.batch else 0)}"
-        message = f"{self.stop.signal_name}: stopped at {where} with a checkpoint in {self.run_dir}"
-        self.log(message)
-        assert self.stop.signal_number is not None
-        raise Interrupted(
-            message,
-            signal_number=self.stop.signal_number,
-            hint=f"continue with `graft fit CONFIG --resume {self.run_dir}`",
-        )
-
-    def epoch_end(
-        self, state: TrainState, record: dict[str, Any], is_best: bool, opt: Any, sched: Any
-    ) -> None:
-        self.progress.stop()
-        model = self.prep.backbone.model
-        metrics = self.run_dir / METRICS
-        with saving(metrics, "metrics"), metrics.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.prep.config.train.tensorboard:
-            from graft.tensorboard import write_epoch
-
-            write_epoch(self.run_dir, record)
-        if is_best:
-            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            with saving(self.best_path, "best weights"):
-                atomic_write(self.best_path, lambda fh: fh.write(safetensors_save(weights)))
-        self.checkpoint(state, opt, sched)
-        self.log(
-            f"epoch {record['epoch']}/{self.prep.plan.epochs} [{record['phase']}] "
-            f"loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.4f}  "
-            f"val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}  "
-            f"val F1 {record['val_macro_f1']:.4f}  {record['samples_per_s']:.1f} samples/s"
-            + ("  *best*" if is_best else "")
-        )
-        if self.on_epoch is not None:  # after the checkpoint: a pruned trial stays resumable
-            self.on_epoch(record)
-        self._stop_if_asked(state)
-
-
-def _write_run_meta(run_dir: Path, config: RunConfig, digests: tuple[str, str]) -> None:
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+def _writeread_run_meta(run_dir: Path, config: RunConfig, digests: tuple[str, str]) -> None:
+    atomic_write_text(run_dir / CONFIG, dump_config(config))
     meta = {"config_hash": digests[0], "data_fingerprint": digests[1]}
     atomic_write_text(run_dir / RUN_META, json.dumps(meta))
 
 
 def _open_run_dir(config: RunConfig, digests: tuple[str, str]) -> Path:
-    run_dir = _new_run_dir(config)
+    run_dir = new_run_dir(
+        Path(config.output.dir), config.output.name, config.backbone.name, config.strategy.name
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     with saving(run_dir, "run directory"):
-        _write_run_meta(run_dir, config, digests)
+        _writeread_run_meta(run_dir, config, digests)
         (run_dir / METRICS).write_text("")
         (run_dir / STEPS).write_text("")
     return run_dir
-
-
-def _rewrite_logs(run_dir: Path, state: TrainState) -> None:
-    """On resume, make metrics.jsonl and steps.jsonl say what the checkpoint says: lines a
-    killed run wrote after its last checkpoint are dropped (they will be written again)."""
-    metrics = "".join(json.dumps(r) + "\n" for r in state.history)
-    steps = "".join(
-        json.dumps({"step": i + 1, "loss": loss}) + "\n" for i, loss in enumerate(state.losses)
-    )
-    with saving(run_dir, "run logs"):
-        atomic_write_text(run_dir / METRICS, metrics)
-        atomic_write_text(run_dir / STEPS, steps)
-
-
-def _read_resume(run_dir: Path, digest: str, force: bool, log: RunLog) -> dict[str, Any] | None:
-    """The checkpoint to resume from, or None when the run was killed before its first one
-    (it starts over in its directory). A different config is refused unless ``force``."""
-    if (run_dir / RESULTS).is_file():
-        raise DataError(
-            f"{run_dir}: the run is finished (it has {RESULTS}); nothing to resume",
-            hint="start a new run without --resume",
-        )
-    has_checkpoint, meta = (run_dir / CHECKPOINT).is_file(), _run_meta(run_dir)
-    if not has_checkpoint and not meta:
-        raise DataError(
-            f"{run_dir / CHECKPOINT}: no checkpoint to resume from",
-            hint="not a graft run directory; start the run without --resume",
-        )
-    checkpoint = load_checkpoint(run_dir) if has_checkpoint else None
-    recorded = (checkpoint or meta).get("config_hash")
-    if recorded != digest:
-        if not force:
-            raise UsageError(
-                f"{run_dir}: the run was started with a different config",
-                hint=f"compare with {run_dir / 'config.yaml'}; --force resumes anyway",
-            )
-        log(f"warning: resuming {run_dir} with a different config (--force)")
-    return checkpoint
-
-
-def _check_data(
-    run_dir: Path, checkpoint: dict[str, Any] | None, fingerprint: str, force: bool, log: RunLog
-) -> None:
-    """Refuse to continue a run on data other than it started with, unless ``force``."""
-    recorded = (checkpoint or {}).get("data_fingerprint") or _run_meta(run_dir).get(
-        "data_fingerprint"
-    )
-    if recorded is None or recorded == fingerprint:
-        return
-    if not force:
-        raise DataError(
-            f"{run_dir}: the data differ from those the run started with "
-            f"(fingerprint {fingerprint}, was {recorded}): a file named by data.* changed",
-            hint="restore the original data, or resume anyway with --force",
-        )
-    log(f"warning: resuming {run_dir} on changed data (--force)")
 
 
 def fit(
@@ -355,19 +121,23 @@ def _fit(
     checkpoint: dict[str, Any] | None = None
     run_dir: Path | None = None
     if resume:
-        run_dir = Path(resume) if not isinstance(resume, bool) else find_resumable(config, digest)
-        checkpoint = _read_resume(run_dir, digest, force, log)
+        run_dir = (
+            Path(resume)
+            if not isinstance(resume, bool)
+            else find_resumable(Path(config.output.dir), config.output.name, digest)
+        )
+        checkpoint = read_resume(run_dir, digest, force, log)
     started = time.perf_counter()
     prep = prepare(config, log)
     fingerprint = data_fingerprint(prep.splits)
     digests = (digest, fingerprint)
     if run_dir is not None:
-        _check_data(run_dir, checkpoint, fingerprint, force, log)
+        check_data(run_dir, checkpoint, fingerprint, force, log)
 
     # Everything the user could get wrong has been checked: now the run directory may exist.
     fresh = run_dir is None
     run_dir = run_dir or _open_run_dir(config, digests)
-    log.attach(run_dir / "log.txt")
+    log.attach(run_dir / LOG)
     log(f"run directory: {run_dir}")
     log(
         f"device {prep.device}, {prep.threads} threads, {precision(prep.device)}"
@@ -380,12 +150,12 @@ def _fit(
         log("feature cache off: training batches are augmented at random")
 
     model = prep.backbone.model
-    state = _resume_state(run_dir, checkpoint, model, log) if not fresh else TrainState()
+    state = resume_state(run_dir, checkpoint, model, log) if not fresh else TrainState()
     if not fresh and force:
         with saving(run_dir, "run record"):
-            _write_run_meta(run_dir, config, digests)
+            _writeread_run_meta(run_dir, config, digests)
 
-    recorder = _Recorder(run_dir, prep, log, digests, quiet, on_epoch)
+    recorder = Recorder(run_dir, prep, log, digests, quiet, on_epoch)
     try:
         with stop_on_signals() as recorder.stop:
             state = train(
@@ -396,14 +166,14 @@ def _fit(
                 prep.val_loader,
                 prep.labels,
                 prep.settings,
-                recorder.hooks(),
+                recorder,
                 state,
                 resume=checkpoint,
                 objective=prep.objective,
             )
     except TrainingDiverged as e:
         recorder.progress.stop()
-        kept = _last_checkpoint(run_dir)
+        kept = last_checkpoint(run_dir)
         log(f"error: {e.message}; {kept}")
         raise TrainingDiverged(f"{e.message}; {kept}", hint=e.hint) from None
     except BaseException:
@@ -414,43 +184,9 @@ def _fit(
     return _finish(prep, recorder, state, digests, started)
 
 
-def _last_checkpoint(run_dir: Path) -> str:
-    """Where the last good checkpoint is, in words (it is never overwritten by a bad one)."""
-    if not (run_dir / CHECKPOINT).is_file():
-        return "no checkpoint was written before"
-    step = load_checkpoint(run_dir)["state"]["step"]
-    return f"the last good checkpoint (step {step}) is kept in {run_dir}"
-
-
-def _resume_state(
-    run_dir: Path, checkpoint: dict[str, Any] | None, model: torch.nn.Module, log: RunLog
-) -> TrainState:
-    """Load the checkpoint's weights and loop state (RNG states are restored by the loop);
-    clear what a killed run left half-done."""
-    for stale in remove_stale_temporaries(run_dir / CHECKPOINT):
-        log(f"removed {stale.name}: a checkpoint write that was cut off")
-    state = TrainState()
-    if checkpoint is None:
-        log("no checkpoint yet: the run starts over")
-    else:
-        try:
-            model.load_state_dict(checkpoint["model"])
-        except RuntimeError as e:
-            raise DataError(
-                f"{run_dir / CHECKPOINT}: the weights do not fit this model ({e})"
-            ) from None
-        state = TrainState(**checkpoint["state"])
-        log(
-            f"resuming at epoch {state.epoch + 1}, batch {state.batch} "
-            f"(phase {state.phase}, step {state.step})"
-        )
-    _rewrite_logs(run_dir, state)
-    return state
-
-
 def _finish(
     prep: Prepared,
-    recorder: _Recorder,
+    recorder: Recorder,
     state: TrainState,
     digests: tuple[str, str],
     started: float,
@@ -478,9 +214,9 @@ def _finish(
         data_fingerprint=digests[1],
     )
     model.to("cpu").to(memory_format=torch.contiguous_format)
-    with saving(run_dir / "model", "model"):
+    with saving(run_dir / MODEL_DIR, "model"):
         save_model(
-            run_dir / "model",
+            run_dir / MODEL_DIR,
             prep.backbone,
             prep.splits.label_map,
             plan=prep.plan.to_dict(),
@@ -492,49 +228,11 @@ def _finish(
     recorder.best_path.unlink(missing_ok=True)
     if not config.train.keep_checkpoint:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
-    from graft.report import write_run_report
+    from graft.reports.run import write_run_report
 
     report = write_run_report(run_dir)
     _summary(log, results, run_dir, report)
     return FitResult(run_dir, results)
-
-
-def find_lr(
-    config: RunConfig, *, steps: int = 100, plot: Path | None = None, quiet: bool = False
-) -> dict[str, Any]:
-    """``graft lr-find``: an exponential LR sweep over the first phase of the plan (Smith 2017),
-    on a copy of nothing: the model and optimizer are restored afterwards. Writes no run."""
-    from graft.cache import cached_loaders, head_only
-    from graft.lr_find import lr_find, plot_lr_find
-    from graft.train import phase_optimizer, set_train_mode
-
-    log = RunLog(quiet=quiet)
-    prep = prepare(config, log)
-    phase = prep.plan.phases[0]
-    apply_phase(prep.backbone.groups, phase)
-    model: torch.nn.Module = prep.backbone.model
-    loader = prep.train_loader
-    if prep.settings.feature_cache and head_only(phase):  # a linear probe sweeps in seconds
-        loader = cached_loaders(model, loader, prep.val_loader, prep.device).train
-        model = prep.backbone.model.head
-    frozen_bn = prep.settings.frozen_bn_updates
-    result = lr_find(
-        model,
-        loader,
-        prep.objective.loss,
-        lambda: phase_optimizer(prep.backbone.groups, phase, prep.settings),
-        num_steps=steps,
-        train_mode=lambda m: set_train_mode(m, frozen_bn),
-    )
-    out = result.to_dict()
-    if plot is not None:
-        out["plot"] = str(plot_lr_find(result, plot))
-    suggestion = f"{result.suggestion:.2e}" if result.suggestion else "none (sweep too short)"
-    log(
-        f"lr-find over phase {phase.name!r} ({len(result.lrs)} steps): "
-        f"suggested optim.lr {suggestion}"
-    )
-    return out
 
 
 def _final_results(prep: Prepared) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """The training loop: phases of a plan, epochs, steps, evaluation, early stopping.
 
 Short on purpose. Everything else (checkpoints, logs, progress) happens in named hooks that the
-loop calls explicitly; the runner (:mod:`graft.run`) supplies them.
+loop calls explicitly (:class:`LoopHooks`); the runner supplies them (:mod:`graft.recorder`). The
+optimizer and the schedule come as factories built once from the config
+(:class:`~graft.optim.OptimizerFactory`, :class:`~graft.optim.ScheduleFactory`): each phase asks
+them for a fresh optimizer over the groups it trains.
 
 The loop can be stopped after any optimizer step and continued bit for bit: :class:`TrainState`
 holds where it is inside the epoch (the batch and the epoch's running sums) and the loss of every
@@ -16,7 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +27,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from graft.cache import cached_loaders, head_only
-from graft.checkpoint import restore_rng_states
+from graft.checkpoint import restore_rng_states, rng_untouched
 from graft.errors import TrainingDiverged
 from graft.metrics import classification_metrics
 from graft.models.base import GraftModel, LayerGroup
-from graft.optim import build_optimizer, build_scheduler, is_closure_optimizer
+from graft.optim import OptimizerFactory, ScheduleFactory, is_closure_optimizer
 from graft.pipeline import Batch, set_epoch, to_device
 from graft.prefix import cached_prefix_loaders
 from graft.regularize import clip_gradients
@@ -63,21 +66,11 @@ class TrainState:
 
 @dataclass
 class LoopSettings:
-    """Optimisation settings of a run, as flat values."""
+    """What the loop needs beyond the plan and the data: the optimizer and schedule factories,
+    and the loop's own settings, as flat values."""
 
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    decoupled_weight_decay: bool = True  # AdamW-style; False: L2 added to the gradient
-    body_weight_decay: float | None = None  # None: weight_decay (0 under L2-SP)
-    momentum: float = 0.9
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    schedule: str = "cosine"
-    warmup_ratio: float = 0.0
-    warmup_steps: int | None = None
-    schedule_options: dict[str, Any] = field(default_factory=dict)  # step_size, gamma, ...
+    optimizer: OptimizerFactory = field(default_factory=OptimizerFactory)
+    schedule: ScheduleFactory = field(default_factory=ScheduleFactory)
     grad_accum: int = 1
     max_grad_norm: float | None = None
     max_grad_value: float | None = None
@@ -109,21 +102,44 @@ class Objective:
         return loss
 
 
+class LoopHooks(Protocol):
+    """What the loop calls, at fixed points, in this order (:class:`~graft.recorder.Recorder`
+    is the runner's implementation; :class:`Hooks` takes plain callables)."""
+
+    def phase_start(self, index: int, phase: Phase, table: list[dict[str, Any]]) -> None:
+        """A phase begins; ``table`` is :func:`group_table` (each group's size, state, LR)."""
+
+    def message(self, text: str) -> None:
+        """A line for the run log (caches computed or turned off, ...)."""
+
+    def epoch_start(self, state: TrainState, n_batches: int) -> None:
+        """An epoch begins (possibly mid-way, on a resume: ``state.batch`` > 0)."""
+
+    def step(self, batch_index: int, loss: float, batch_size: int) -> None:
+        """A batch was trained."""
+
+    def step_end(self, state: TrainState, optimizer: Any, scheduler: Any, epoch_done: bool) -> None:
+        """An optimizer step was taken: ``state`` is complete for a checkpoint; ``epoch_done``:
+        it was the epoch's last step, and the epoch's evaluation and ``epoch_end`` follow."""
+
+    def epoch_end(
+        self,
+        state: TrainState,
+        record: dict[str, Any],
+        is_best: bool,
+        optimizer: Any,
+        scheduler: Any,
+    ) -> None:
+        """An epoch was trained and evaluated; ``state`` already points past it."""
+
+
 def _noop(*_: Any) -> None:
     return None
 
 
 @dataclass
 class Hooks:
-    """Called by the loop at fixed points, in this order.
-
-    ``phase_start(index, phase, group_table)``; ``message(text)``;
-    ``epoch_start(state, n_batches)``; ``step(batch_index, loss, batch_size)`` after each batch;
-    ``step_end(state, optimizer, scheduler, epoch_done)`` after each optimizer step, with
-    ``state`` complete for a checkpoint (``epoch_done``: it was the epoch's last step, the
-    epoch's evaluation and ``epoch_end`` follow); ``epoch_end(state, record, is_best,
-    optimizer, scheduler)``.
-    """
+    """:class:`LoopHooks` from plain callables, each a no-op unless given (tests, benchmarks)."""
 
     phase_start: Callable[..., None] = _noop
     message: Callable[..., None] = _noop
@@ -131,6 +147,11 @@ class Hooks:
     step: Callable[..., None] = _noop
     step_end: Callable[..., None] = _noop
     epoch_end: Callable[..., None] = _noop
+
+
+def steps_per_epoch(n_batches: int, settings: LoopSettings) -> int:
+    """Optimizer steps per epoch: ceil(batches / grad_accum), or one full-batch L-BFGS step."""
+    return 1 if settings.optimizer.closure_based else -(-n_batches // settings.grad_accum)
 
 
 def apply_phase(groups: list[LayerGroup], phase: Phase) -> None:
@@ -159,35 +180,6 @@ def set_train_mode(
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.train(not bn_eval)
-
-
-def param_groups(
-    groups: list[LayerGroup],
-    phase: Phase,
-    lr: float,
-    weight_decay: float,
-    body_weight_decay: float | None = None,
-) -> list[dict]:
-    """One optimizer group per (layer group, decay or not); biases and norm weights (1-D) get no
-    weight decay. Each carries its own ``lr`` = base LR × the phase's multiplier.
-    ``body_weight_decay`` overrides the decay of every group but the head (0 under L2-SP, whose
-    penalty replaces weight decay on the backbone)."""
-    out = []
-    for g in groups:
-        trainable = [(n, p) for n, p in g.params if p.requires_grad]
-        wd = weight_decay if g.name == "head" or body_weight_decay is None else body_weight_decay
-        for decay in (True, False):
-            ps = [p for _, p in trainable if (p.ndim > 1) == decay]
-            if ps:
-                out.append(
-                    {
-                        "params": ps,
-                        "lr": lr * phase.multiplier(g.name),
-                        "weight_decay": wd if decay else 0.0,
-                        "group": g.name,
-                    }
-                )
-    return out
 
 
 def group_table(groups: list[LayerGroup], phase: Phase, lr: float) -> list[dict[str, Any]]:
@@ -235,7 +227,7 @@ def train(
     val_loader: DataLoader[Batch],
     label_names: list[str],
     settings: LoopSettings,
-    hooks: Hooks,
+    hooks: LoopHooks,
     state: TrainState | None = None,
     resume: dict[str, Any] | None = None,
     objective: Objective | None = None,
@@ -247,25 +239,12 @@ def train(
     objective = objective or Objective()
     device = settings.device
     rng = resume.get("rng") if resume is not None else None
-    if rng is not None and state.at_phase_start:
-        # The checkpoint was written before this phase was set up: restore the RNG states
-        # before the set-up, as the interrupted run drew from them in this order.
-        restore_rng_states(rng)
-        rng = None
     while state.phase < len(plan.phases):
         phase = plan.phases[state.phase]
         apply_phase(groups, phase)
-        optimizer = phase_optimizer(groups, phase, settings)
-        # Optimizer steps in the phase: ceil(batches / grad_accum) per epoch.
-        steps_per_epoch = -(-len(train_loader) // settings.grad_accum)
-        scheduler = build_scheduler(
-            settings.schedule,
-            optimizer,
-            total_steps=steps_per_epoch * phase.epochs,
-            warmup_ratio=settings.warmup_ratio,
-            warmup_steps=settings.warmup_steps,
-            **settings.schedule_options,
-        )
+        optimizer = settings.optimizer(groups, phase)
+        steps = steps_per_epoch(len(train_loader), settings)
+        scheduler = settings.schedule(optimizer, steps * phase.epochs)
         if resume is not None:
             # A checkpoint at a phase boundary holds the finished phase's optimizer: this phase
             # starts with a new one, as it did in the run that wrote the checkpoint.
@@ -273,11 +252,12 @@ def train(
                 optimizer.load_state_dict(resume["optimizer"])
                 scheduler.load_state_dict(resume["scheduler"])
             resume = None
-        hooks.phase_start(state.phase, phase, group_table(groups, phase, settings.lr))
-        forward, phase_train, phase_val, context = _phase_inputs(
-            model, groups, phase, train_loader, val_loader, settings, hooks
-        )
-        if rng is not None:  # a checkpoint inside this phase: its set-up came before it
+        hooks.phase_start(state.phase, phase, group_table(groups, phase, settings.optimizer.lr))
+        with rng_untouched():  # so a checkpoint before or after the set-up resumes alike
+            forward, phase_train, phase_val, context = _phase_inputs(
+                model, groups, phase, train_loader, val_loader, settings, hooks
+            )
+        if rng is not None:  # the one restore point of a resume
             restore_rng_states(rng)
             rng = None
         while state.phase_epoch < phase.epochs:
@@ -350,7 +330,7 @@ def _phase_inputs(
     train_loader: DataLoader[Batch],
     val_loader: DataLoader[Batch],
     settings: LoopSettings,
-    hooks: Hooks,
+    hooks: LoopHooks,
 ) -> tuple[nn.Module, DataLoader[Batch], DataLoader[Batch], Callable[[], Any]]:
     """What a phase trains on: the model and the data, or, when the groups below the lowest
     trained one are frozen, what runs above them and their outputs computed once (the
@@ -386,18 +366,21 @@ def _train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     settings: LoopSettings,
     objective: Objective,
-    hooks: Hooks,
+    hooks: LoopHooks,
     state: TrainState,
     context: Callable[[], Any] = contextlib.nullcontext,
 ) -> dict[str, Any]:
     """Train one epoch, from batch ``state.batch`` on (0, or where a checkpoint stopped).
     ``context()`` is entered around each forward pass only (the frozen-prefix cache swaps stubs
     into the model there): between steps the model is whole, as a checkpoint must see it."""
+    if is_closure_optimizer(optimizer):
+        return _full_batch_epoch(
+            model, loader, optimizer, scheduler, objective, hooks, state, context, settings.device
+        )
     set_epoch(loader, state.epoch, state.batch)
     device, accum = settings.device, settings.grad_accum
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     clipping = settings.max_grad_norm is not None or settings.max_grad_value is not None
-    closure_based = is_closure_optimizer(optimizer)
     sums = {"loss": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, **state.sums}
     started, earlier = time.perf_counter(), sums["time_s"]
     step_losses: list[float] = []  # the micro-batch losses of the current optimizer step
@@ -405,41 +388,116 @@ def _train_epoch(
     n_batches = len(loader)  # the whole epoch's, also when it starts past its first batch
     for i, batch in enumerate(loader, start=state.batch):
         batch = to_device(batch, device)
-        if closure_based:  # L-BFGS re-evaluates the same batch inside its line search
-            with context():
-                loss, logits = _closure_step(model, batch, optimizer, objective, device)
-            value = _finite(float(loss.detach()), state)
-        else:
-            with context(), autocast(device):
-                logits = model(**batch["inputs"])
-            loss = objective.loss(logits, batch["targets"])
-            value = _finite(float(loss.detach()), state)  # before anything is applied
-            # Average over the micro-batches of a step: 4 micro-batches of 32 = a step of 128.
-            (loss / accum).backward()
+        with context(), autocast(device):
+            logits = model(**batch["inputs"])
+        loss = objective.loss(logits, batch["targets"])
+        value = _finite(float(loss.detach()), state)  # before anything is applied
+        # Average over the micro-batches of a step: 4 micro-batches of 32 = a step of 128.
+        (loss / accum).backward()
         step_losses.append(value)
-        targets = batch["targets"]
-        hard = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix: soft targets
-        n = len(targets)
-        sums["loss"] += value * n
-        sums["correct"] += int((logits.argmax(1) == hard).sum())
-        sums["seen"] += n
+        n = _count(sums, value, logits, batch["targets"])
         if (i + 1) % accum == 0 or i + 1 == n_batches:
-            if not closure_based:
-                if clipping:
-                    clip_gradients(trainable, settings.max_grad_norm, settings.max_grad_value)
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            for constraint in objective.constraints:
-                constraint.apply()
-            state.step += 1
-            state.losses.append(sum(step_losses) / len(step_losses))
+            if clipping:
+                clip_gradients(trainable, settings.max_grad_norm, settings.max_grad_value)
+            optimizer.step()
+            _after_step(optimizer, scheduler, objective, state, sum(step_losses) / len(step_losses))
             step_losses.clear()
             sums["time_s"] = earlier + time.perf_counter() - started
             state.batch, state.sums = i + 1, dict(sums)
             hooks.step_end(state, optimizer, scheduler, i + 1 == n_batches)
         hooks.step(i, value, n)
-    seen, elapsed = max(sums["seen"], 1), earlier + time.perf_counter() - started
+    return _epoch_record(state, sums, optimizer, earlier + time.perf_counter() - started)
+
+
+def _full_batch_epoch(
+    model: nn.Module,
+    loader: DataLoader[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    objective: Objective,
+    hooks: LoopHooks,
+    state: TrainState,
+    context: Callable[[], Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    """An epoch of a closure-based optimizer (L-BFGS): one step over the whole training set.
+
+    L-BFGS (Liu & Nocedal 1989) is a full-batch method: its curvature pairs and its line search
+    assume one deterministic loss. Stepped on mini-batches, each step fits its own batch (up to
+    20 iterations) and the next batch's loss explodes (2.3 → 134 → 2.9 → 51 on a linear probe).
+    So the closure evaluates the mean loss over every batch (gradients accumulated, weighted by
+    batch size) and the strong-Wolfe line search sees one function. The epoch's training loss
+    and accuracy are those before the step."""
+    sums = {"loss": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, **state.sums}
+    started, earlier = time.perf_counter(), sums["time_s"]
+    n_batches = len(loader)
+    if state.batch >= n_batches:  # resumed after this epoch's step: only its evaluation is left
+        return _epoch_record(state, sums, optimizer, earlier)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    first: list[float] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        set_epoch(loader, state.epoch, 0)
+        total, seen = torch.zeros(()), 0
+        for batch in loader:
+            batch = to_device(batch, device)
+            with context(), autocast(device):
+                logits = model(**batch["inputs"])
+            loss = objective.loss(logits, batch["targets"])
+            n = len(batch["targets"])
+            (loss * n).backward()  # a sum over examples; divided by their count below
+            total, seen = total + loss.detach() * n, seen + n
+            if not first:
+                _count(sums, float(loss.detach()), logits, batch["targets"])
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(seen)
+        mean = total / seen
+        _finite(float(mean), state)
+        if not first:
+            first.append(float(mean))
+        return mean
+
+    optimizer.step(closure)  # type: ignore[arg-type]
+    _after_step(optimizer, scheduler, objective, state, first[0])
+    sums["time_s"] = earlier + time.perf_counter() - started
+    state.batch, state.sums = n_batches, dict(sums)
+    hooks.step_end(state, optimizer, scheduler, True)
+    hooks.step(n_batches - 1, first[0], int(sums["seen"]))
+    return _epoch_record(state, sums, optimizer, sums["time_s"])
+
+
+def _count(sums: dict[str, Any], loss: float, logits: torch.Tensor, targets: torch.Tensor) -> int:
+    """Add one batch to the epoch's running sums; returns its size."""
+    hard = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix: soft targets
+    n = len(targets)
+    sums["loss"] += loss * n
+    sums["correct"] += int((logits.argmax(1) == hard).sum())
+    sums["seen"] += n
+    return n
+
+
+def _after_step(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    objective: Objective,
+    state: TrainState,
+    loss: float,
+) -> None:
+    """What follows every optimizer step: the schedule, the constraints, the step count."""
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    for constraint in objective.constraints:
+        constraint.apply()
+    state.step += 1
+    state.losses.append(loss)
+
+
+def _epoch_record(
+    state: TrainState, sums: dict[str, Any], optimizer: torch.optim.Optimizer, elapsed: float
+) -> dict[str, Any]:
+    seen = max(sums["seen"], 1)
     return {
         "step": state.step,
         "train_loss": sums["loss"] / seen,
@@ -460,44 +518,3 @@ def _finite(loss: float, state: TrainState) -> float:
             "train.max_grad_norm, or check the data for extreme values",
         )
     return loss
-
-
-def phase_optimizer(
-    groups: list[LayerGroup], phase: Phase, settings: LoopSettings
-) -> torch.optim.Optimizer:
-    """The optimizer of one phase, over the groups it trains, each at its own LR."""
-    return build_optimizer(
-        settings.optimizer,
-        param_groups(groups, phase, settings.lr, settings.weight_decay, settings.body_weight_decay),
-        lr=settings.lr,
-        weight_decay=settings.weight_decay,
-        momentum=settings.momentum,
-        nesterov=settings.nesterov,
-        betas=settings.betas,
-        eps=settings.eps,
-        decoupled_weight_decay=settings.decoupled_weight_decay,
-    )
-
-
-def _closure_step(
-    model: nn.Module,
-    batch: Batch,
-    optimizer: torch.optim.Optimizer,
-    objective: Objective,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One closure-based optimizer step (L-BFGS) on one batch; the loss and logits before it."""
-    first: dict[str, torch.Tensor] = {}
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device):
-            logits = model(**batch["inputs"])
-        loss = objective.loss(logits, batch["targets"])
-        loss.backward()
-        first.setdefault("loss", loss.detach())
-        first.setdefault("logits", logits.detach())
-        return loss
-
-    optimizer.step(closure)  # type: ignore[arg-type]
-    return first["loss"], first["logits"]

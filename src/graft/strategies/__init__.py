@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from graft.errors import UsageError
@@ -32,28 +32,53 @@ def register_strategy(name: str) -> Callable[[StrategyFn], StrategyFn]:
 
 
 def strategies() -> list[str]:
+    """The registered strategy names, sorted."""
     return sorted(_STRATEGIES)
+
+
+def get_strategy(name: str, field: str = "strategy.name") -> StrategyFn:
+    """The registered strategy function; an unknown name is a :class:`UsageError` that names
+    ``field`` and suggests the closest known name."""
+    if name not in _STRATEGIES:
+        close = difflib.get_close_matches(name, _STRATEGIES, n=1)
+        raise UsageError(
+            f"{field}: unknown strategy {name!r}",
+            hint=(f"did you mean {close[0]!r}? " if close else "")
+            + f"known: {', '.join(strategies())}",
+        )
+    return _STRATEGIES[name]
+
+
+def strategy_parameters(name: str) -> list[str]:
+    """The parameters strategy ``name`` takes from the config (besides groups and epochs)."""
+    return [
+        p for p in inspect.signature(get_strategy(name)).parameters if p not in {"groups", "epochs"}
+    ]
+
+
+def check_strategy(name: str, params: Mapping[str, Any], where: str = "strategy") -> None:
+    """Refuse an unknown strategy or a parameter it does not take; messages name ``where``
+    (``strategy.name``, ``strategy.decay``; ``compare.strategies[2]``, ...)."""
+    get_strategy(name, f"{where}.name" if where == "strategy" else where)
+    accepted = strategy_parameters(name)
+    for key in params:
+        if key not in accepted:
+            raise UsageError(
+                f"{where}.{key}: not a parameter of strategy {name!r}",
+                hint=f"it takes: {', '.join(accepted) or 'no parameters'}",
+            )
+
+
+def strategy_summaries() -> dict[str, str]:
+    """Each strategy's name and the first line of its docstring, sorted by name."""
+    return {n: (_STRATEGIES[n].__doc__ or "").strip().splitlines()[0] for n in strategies()}
 
 
 def build_plan(name: str, params: dict[str, Any], *, groups: Sequence[str], epochs: int) -> Plan:
     """The plan of strategy ``name`` for these groups; checks parameter names and the result."""
-    if name not in _STRATEGIES:
-        close = difflib.get_close_matches(name, _STRATEGIES, n=1)
-        raise UsageError(
-            f"strategy.name: unknown strategy {name!r}",
-            hint=(f"did you mean {close[0]!r}? " if close else "")
-            + f"known: {', '.join(strategies())}",
-        )
-    fn = _STRATEGIES[name]
-    accepted = [p for p in inspect.signature(fn).parameters if p not in {"groups", "epochs"}]
-    for key in params:
-        if key not in accepted:
-            raise UsageError(
-                f"strategy.{key}: not a parameter of strategy {name!r}",
-                hint=f"it takes: {', '.join(accepted) or 'no parameters'}",
-            )
+    check_strategy(name, params)
     try:
-        plan = fn(groups=list(groups), epochs=epochs, **params)
+        plan = get_strategy(name)(groups=list(groups), epochs=epochs, **params)
     except (TypeError, ValueError) as e:
         raise UsageError(f"strategy {name!r}: {e}") from None
     plan.validate(groups)
@@ -98,6 +123,16 @@ def custom(groups: list[str], epochs: int, phases: list[dict[str, Any]]) -> Plan
     return Plan("custom", tuple(out))
 
 
-__all__ = ["Phase", "Plan", "build_plan", "register_strategy", "strategies"]
+__all__ = [
+    "Phase",
+    "Plan",
+    "build_plan",
+    "check_strategy",
+    "get_strategy",
+    "register_strategy",
+    "strategies",
+    "strategy_parameters",
+    "strategy_summaries",
+]
 
 from graft.strategies import catalog as _catalog  # noqa: E402,F401  (registers the catalogue)

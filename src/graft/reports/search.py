@@ -1,6 +1,6 @@
 """The HTML report of a ``graft search``: leaderboard, best parameters, importances, history and
 parallel coordinates, drawn with matplotlib and embedded as PNGs (one offline file, like a run's
-report; the HTML pieces are :mod:`graft.report`'s).
+report; the HTML pieces are :mod:`graft.reports.html`).
 
 It reads only the summary that :func:`graft.search.summarize` builds (``search.json``), so the
 report can be redrawn from that file alone.
@@ -15,16 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graft.atomic import atomic_write_text
-from graft.report import (
-    Markup,
-    _figure_to_img_tag,
-    _new_figure,
-    _plain,
-    format_duration,
-    html_table,
-    key_value_table,
-    page,
-)
+from graft.reports.figures import figure_to_img_tag, new_figure, plain
+from graft.reports.html import Markup, format_duration, html_table, key_value_table, page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,7 +38,7 @@ def _last_intermediate(trial: Mapping[str, Any]) -> float | None:
 def history_figure(summary: Mapping[str, Any]) -> Figure:
     """Each trial's value in order (pruned trials at their last reported value) and the best so
     far."""
-    fig = _new_figure(7.5, 3.6)
+    fig = new_figure(7.5, 3.6)
     ax = fig.add_subplot()
     maximize = summary["direction"] == "maximize"
     best: float | None = None
@@ -75,7 +67,7 @@ def history_figure(summary: Mapping[str, Any]) -> Figure:
     if best_x:
         ax.step(best_x, best_y, where="post", color="#1a7f37", label="best so far")
     ax.set_xlabel("trial")
-    ax.set_ylabel(_plain(summary["metric"]))
+    ax.set_ylabel(plain(summary["metric"]))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return fig
@@ -116,7 +108,7 @@ def parallel_coordinates_figure(summary: Mapping[str, Any]) -> Figure | None:
     lo, hi = min(values), max(values)
     norm = Normalize(lo, hi if hi > lo else lo + 1e-12)
     cmap = colormaps["viridis" if summary["direction"] == "maximize" else "viridis_r"]
-    fig = _new_figure(max(6.0, 1.6 * (len(keys) + 1)), 3.8)
+    fig = new_figure(max(6.0, 1.6 * (len(keys) + 1)), 3.8)
     ax = fig.add_subplot()
     columns: list[list[float | None]] = []
     for k in keys:
@@ -134,7 +126,7 @@ def parallel_coordinates_figure(summary: Mapping[str, Any]) -> Figure | None:
         ax.plot(xs, ys, color=cmap(norm(v)), alpha=0.8, linewidth=1.4)
     for x in range(len(columns)):
         ax.axvline(x, color="#8c959f", linewidth=0.8)
-    ax.set_xticks(range(len(columns)), [_plain(k) for k in keys] + [_plain(summary["metric"])])
+    ax.set_xticks(range(len(columns)), [plain(k) for k in keys] + [plain(summary["metric"])])
     ax.set_yticks([])
     ax.set_ylim(-0.15, 1.15)
     ax.text(len(keys), -0.08, f"{lo:.4g}", ha="center", va="top", fontsize=7)
@@ -148,9 +140,9 @@ def importance_figure(importances: Mapping[str, float]) -> Figure | None:
     if not importances:
         return None
     items = sorted(importances.items(), key=lambda kv: kv[1])
-    fig = _new_figure(6.5, 0.45 * len(items) + 1.0)
+    fig = new_figure(6.5, 0.45 * len(items) + 1.0)
     ax = fig.add_subplot()
-    ax.barh([_plain(k) for k, _ in items], [v for _, v in items], color="#0969da")
+    ax.barh([plain(k) for k, _ in items], [v for _, v in items], color="#0969da")
     ax.set_xlabel("importance (fANOVA)")
     ax.grid(axis="x", alpha=0.3)
     return fig
@@ -214,14 +206,14 @@ def render_search_report(summary: Mapping[str, Any]) -> str:
     else:
         sections.append(("Best trial", '<p class="note">No trial completed.</p>'))
     sections.append(("Trials", _leaderboard(summary)))
-    history = _figure_to_img_tag(history_figure(summary), "optimisation history")
+    history = figure_to_img_tag(history_figure(summary), "optimisation history")
     sections.append(("Optimisation history", history))
     imp = importance_figure(summary.get("importances") or {})
     note = summary.get("importances_note")
     sections.append(
         (
             "Hyperparameter importances",
-            _figure_to_img_tag(imp, "importances")
+            figure_to_img_tag(imp, "importances")
             if imp is not None
             else f'<p class="note">Not available: {html.escape(str(note))}</p>',
         )
@@ -230,7 +222,7 @@ def render_search_report(summary: Mapping[str, Any]) -> str:
     sections.append(
         (
             "Parallel coordinates",
-            _figure_to_img_tag(par, "parallel coordinates")
+            figure_to_img_tag(par, "parallel coordinates")
             if par is not None
             else '<p class="note">Needs at least two complete trials.</p>',
         )

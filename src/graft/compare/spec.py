@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from graft.config import (
     validate,
 )
 from graft.errors import DataError, UsageError
+from graft.strategies import check_strategy, strategies
 
 MANIFEST = "compare.json"
 # Fields a per-strategy override may not touch: they would break "same splits, same seeds"
@@ -110,37 +110,12 @@ def parse_spec(data: Any, origin: str = "config") -> CompareSpec:
     return spec
 
 
-def _check_strategy(entry: StrategyEntry, where: str) -> None:
-    import difflib
-
-    from graft.strategies import _STRATEGIES, strategies
-
-    if entry.name not in _STRATEGIES:
-        close = difflib.get_close_matches(entry.name, _STRATEGIES, n=1)
-        raise UsageError(
-            f"{where}: unknown strategy {entry.name!r}",
-            hint=(f"did you mean {close[0]!r}? " if close else "")
-            + f"known: {', '.join(strategies())}",
-        )
-    accepted = [
-        p
-        for p in inspect.signature(_STRATEGIES[entry.name]).parameters
-        if p not in {"groups", "epochs"}
-    ]
-    for key in entry.params():
-        if key not in accepted:
-            raise UsageError(
-                f"{where}.{key}: not a parameter of strategy {entry.name!r}",
-                hint=f"it takes: {', '.join(accepted) or 'no parameters'}",
-            )
-
-
 def check_spec(spec: CompareSpec, origin: str = "config") -> None:
     """The checks of :func:`parse_spec` that go beyond types (also run after CLI options)."""
     labels: dict[str, int] = {}
     for i, entry in enumerate(spec.strategies):
         where = f"{origin}: compare.strategies[{i}]"
-        _check_strategy(entry, where)
+        check_strategy(entry.name, entry.params(), where)
         if entry.key in labels:
             raise UsageError(
                 f"{where}: {entry.key!r} is already compare.strategies[{labels[entry.key]}]",
@@ -153,8 +128,6 @@ def check_spec(spec: CompareSpec, origin: str = "config") -> None:
         raise UsageError(f"{origin}: compare.seeds: a count from 1 to 100 (got {spec.seeds})")
     if isinstance(spec.seeds, list) and (not spec.seeds or len(set(spec.seeds)) != len(spec.seeds)):
         raise UsageError(f"{origin}: compare.seeds: a non-empty list of distinct seeds")
-    from graft.strategies import strategies
-
     known = set(labels) | set(strategies())
     for key, values in spec.overrides.items():
         if key not in known:

@@ -1,10 +1,10 @@
 """``graft compare``: every strategy × seed on the same splits and budget, resumable, with
 statistics over seeds.
 
-A compare is a base run config plus a *spec* (:mod:`graft.compare_spec`: the ``compare:`` block
+A compare is a base run config plus a *spec* (:mod:`graft.compare.spec`: the ``compare:`` block
 of the YAML, or command-line options): which strategies, how many seeds, per-strategy overrides.
-This module runs the planned runs and summarizes them (:mod:`graft.compare_stats`); the report is
-:mod:`graft.compare_report`.
+This module runs the planned runs and summarizes them (:mod:`graft.compare.stats`); the report is
+:mod:`graft.reports.compare`.
 
 Everything lives in one directory, ``output.dir/compare-<name>/``::
 
@@ -13,7 +13,7 @@ Everything lives in one directory, ``output.dir/compare-<name>/``::
     <label>-seed<k>/      each run's directory, as ``graft fit`` writes it
     summary.json / .csv   per-strategy statistics (one row per strategy)
     runs.csv              one row per finished run
-    report.html           the comparison report (``graft.compare_report``)
+    report.html           the comparison report (``graft.reports.compare``)
 
 Resume is by construction: a run whose directory holds ``results.json`` is done, one with a
 checkpoint continues from it, and the rest start. A different spec in the same directory is
@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from graft.atomic import atomic_write_text
-from graft.compare_spec import (
+from graft.compare.spec import (
     CompareSpec,
     PlannedRun,
     compare_dir_for,
@@ -56,7 +56,7 @@ from graft.compare_spec import (
     plan_runs,
     spec_from_options,
 )
-from graft.compare_stats import (
+from graft.compare.stats import (
     ALPHA,
     RunRecord,
     Stat,
@@ -66,18 +66,15 @@ from graft.compare_stats import (
     significance_note,
     summarize,
 )
-from graft.config import (
-    dump_config,
-)
+from graft.config import dump_config
 from graft.console import RunLog
 from graft.errors import DataError, GraftError, UsageError
+from graft.rundir import LOG, REPORT, load_run, run_state
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 RUNS_CSV = "runs.csv"
-REPORT = "report.html"
-CHECKPOINT = "checkpoint.pt"  # graft.checkpoint.CHECKPOINT, without importing torch here
-RESULTS = "results.json"
+ISOLATION = "isolation.json"  # which runs ran in a child process
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,19 +107,7 @@ def _in_child(run: PlannedRun, config_path: Path, resume: Path | None, quiet: bo
         )
 
 
-def run_state(run_dir: Path) -> str:
-    """``done`` (results.json), ``partial`` (a checkpoint to resume), ``stale`` (a directory
-    with neither: killed before its first epoch ended) or ``new``."""
-    if (run_dir / RESULTS).is_file():
-        return "done"
-    if (run_dir / CHECKPOINT).is_file():
-        return "partial"
-    return "stale" if run_dir.exists() else "new"
-
-
 def load_record(run: PlannedRun, isolated: bool = True) -> RunRecord:
-    from graft.report import load_run
-
     data = load_run(run.run_dir)
     return RunRecord(
         run.label, run.seed, run.run_dir, data.results, data.history, data.config_text, isolated
@@ -303,7 +288,7 @@ def run_compare(
     compare_dir = compare_dir_for(base, spec, default_name)
     runs = plan_runs(base, spec, compare_dir, source)  # every config checked before any run
     resumed = open_compare_dir(compare_dir, manifest(spec, runs, source), resume)
-    log.attach(compare_dir / "log.txt")
+    log.attach(compare_dir / LOG)
     states = {r.name: run_state(r.run_dir) for r in runs}
     done = sum(s == "done" for s in states.values())
     log(
@@ -332,7 +317,7 @@ def run_compare(
         else:
             _in_process(run, resume_dir, quiet=not verbose)
         isolated[run.name] = isolate
-        atomic_write_text(compare_dir / "isolation.json", json.dumps(isolated))
+        atomic_write_text(compare_dir / ISOLATION, json.dumps(isolated))
         ran += 1
         record = load_record(run)
         acc = record.score("accuracy", "test") or record.score("accuracy", "validation")
@@ -351,7 +336,7 @@ def run_compare(
     log(significance_note(rows))
     report_path = None
     if report:
-        from graft.compare_report import write_compare_report
+        from graft.reports.compare import write_compare_report
 
         report_path = write_compare_report(
             records,
@@ -365,7 +350,7 @@ def run_compare(
 
 def _isolation_record(compare_dir: Path) -> dict[str, bool]:
     """Which runs ran in a child process (read back on resume)."""
-    path = compare_dir / "isolation.json"
+    path = compare_dir / ISOLATION
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

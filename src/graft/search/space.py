@@ -440,16 +440,13 @@ def check_against_config(spec: SearchSpec, base: Mapping[str, Any], origin: str)
     """Refuse, before anything runs, a space that names no config field or a value the field
     cannot take: each parameter's bounds (or each choice) are set alone on the base config and
     validated. Combinations are not checked: a bad combination fails its trial."""
-    from graft.strategies import _STRATEGIES
+    from graft.strategies import get_strategy
 
     for key, param in spec.space.items():
         field = f"search.space.{key}"
         for value in _probe_values(param):
-            if key == "strategy.name" and value not in _STRATEGIES:
-                raise UsageError(
-                    f"{origin}: {field}: unknown strategy {value!r}",
-                    hint=f"known strategies: {', '.join(sorted(_STRATEGIES))}",
-                )
+            if key == "strategy.name":
+                get_strategy(str(value), f"{origin}: {field}")
             try:
                 validate(apply_params(base, {key: value}), origin=origin)
             except UsageError as e:

@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from graft.atomic import atomic_write_text
-from graft.compare import run_state
-from graft.compare_spec import MANIFEST, read_manifest
-from graft.compare_stats import (
+from graft.compare.spec import MANIFEST, read_manifest
+from graft.compare.stats import (
     RunRecord,
     Stat,
     StrategySummary,
@@ -38,23 +37,19 @@ from graft.compare_stats import (
     summarize,
 )
 from graft.errors import DataError, UsageError
-from graft.report import (
+from graft.reports.figures import confusion_figure, figure_to_img_tag, new_figure, plain, series
+from graft.reports.html import (
     Markup,
-    _figure_to_img_tag,
-    _new_figure,
-    _plain,
-    _scalar_text,
-    _series,
-    confusion_figure,
     format_duration,
     format_int,
     format_pct,
     html_table,
     key_value_table,
-    load_run,
     page,
-    per_class_table,
+    scalar_text,
 )
+from graft.reports.run import per_class_table
+from graft.rundir import REPORT, load_run, run_state
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -178,7 +173,7 @@ def _style(ax: Axes) -> None:
 
 def accuracy_figure(rows: Sequence[StrategySummary], split: str, palette: dict[str, str]) -> Figure:
     """Each strategy's accuracy: every seed as a dot, the mean as a bar with its 95% interval."""
-    fig = _new_figure(9.0, 0.5 * len(rows) + 1.4)
+    fig = new_figure(9.0, 0.5 * len(rows) + 1.4)
     ax = fig.subplots()
     for y, row in enumerate(rows):
         color = palette[row.label]
@@ -204,7 +199,7 @@ def accuracy_figure(rows: Sequence[StrategySummary], split: str, palette: dict[s
             edgecolor="white",
             linewidth=0.6,
         )
-    ax.set_yticks(range(len(rows)), [_plain(r.label) for r in rows])
+    ax.set_yticks(range(len(rows)), [plain(r.label) for r in rows])
     ax.invert_yaxis()
     values = [100 * v for r in rows for v in r.accuracy.values]
     lows = [100 * r.accuracy.low for r in rows if not math.isnan(r.accuracy.low)]
@@ -227,7 +222,7 @@ def _mean_curve(
     length = max((len(h) for h in histories), default=0)
     table = np.full((len(histories), length), np.nan)
     for i, history in enumerate(histories):
-        table[i, : len(history)] = _series(history, key)
+        table[i, : len(history)] = series(history, key)
     with np.errstate(all="ignore"):
         import warnings
 
@@ -243,7 +238,7 @@ def _mean_curve(
 def curves_grid(rows: Sequence[StrategySummary], palette: dict[str, str]) -> Figure:
     """Train and validation loss and accuracy per epoch: a line per strategy (mean over seeds),
     a band from the lowest to the highest seed."""
-    fig = _new_figure(11.0, 7.0)
+    fig = new_figure(11.0, 7.0)
     axes = fig.subplots(2, 2, sharex=True)
     panels = [
         (axes[0][0], "train_loss", "Training loss"),
@@ -266,7 +261,7 @@ def curves_grid(rows: Sequence[StrategySummary], palette: dict[str, str]) -> Fig
                 xs,
                 mean,
                 color=color,
-                label=_plain(row.label),
+                label=plain(row.label),
                 marker=marker,
                 markersize=3.5,
                 linewidth=1.8,
@@ -317,10 +312,10 @@ def _cost_panel(
             edgecolor="white",
             linewidth=1.0,
             zorder=3,
-            label=_plain(row.label),
+            label=plain(row.label),
         )
         ax.annotate(
-            _plain(row.label),
+            plain(row.label),
             (mx, my),
             xytext=(6, 4),
             textcoords="offset points",
@@ -336,7 +331,7 @@ def _cost_panel(
 def cost_figure(rows: Sequence[StrategySummary], split: str, palette: dict[str, str]) -> Figure:
     """Accuracy against wall time and against trainable parameters (log scale): large dots are
     the means over seeds, small ones the seeds."""
-    fig = _new_figure(11.0, 4.2)
+    fig = new_figure(11.0, 4.2)
     time_ax, params_ax = fig.subplots(1, 2, sharey=True)
     _cost_panel(time_ax, rows, palette, "wall_time_s", split, log_x=False)
     time_ax.set_xlabel("wall time per run (s)")
@@ -353,7 +348,7 @@ def shift_figure(
 ) -> Figure:
     """In-domain against shifted-domain accuracy, one panel per extra set; the dashed diagonal
     is 'no loss under shift'."""
-    fig = _new_figure(min(5.0 * len(extras), 15.0), 4.6)
+    fig = new_figure(min(5.0 * len(extras), 15.0), 4.6)
     axes = fig.subplots(1, len(extras), squeeze=False)[0]
     for ax, extra in zip(axes, extras, strict=True):
         everything: list[float] = []
@@ -372,7 +367,7 @@ def shift_figure(
             ax.scatter(xs, ys, color=color, alpha=0.35, s=18, edgecolor="none")
             mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
             ax.scatter(
-                [mx], [my], color=color, s=70, edgecolor="white", zorder=3, label=_plain(row.label)
+                [mx], [my], color=color, s=70, edgecolor="white", zorder=3, label=plain(row.label)
             )
         if everything:
             lo, hi = min(everything), max(everything)
@@ -381,8 +376,8 @@ def shift_figure(
             ax.set_xlim(lo - pad, hi + pad)
             ax.set_ylim(lo - pad, hi + pad)
         ax.set_xlabel(f"in-domain {split} accuracy (%)")
-        ax.set_ylabel(f"accuracy on “{_plain(extra)}” (%)")
-        ax.set_title(f"Shift to “{_plain(extra)}”", fontsize=11)
+        ax.set_ylabel(f"accuracy on “{plain(extra)}” (%)")
+        ax.set_title(f"Shift to “{plain(extra)}”", fontsize=11)
         ax.set_aspect("equal", adjustable="box")
         _style(ax)
     handles, labels = axes[0].get_legend_handles_labels()
@@ -532,7 +527,7 @@ def _runs_table(
 ) -> str:
     rows = []
     for r in sorted(records, key=lambda r: (r.label, r.seed)):
-        link = r.run_dir / "report.html"
+        link = r.run_dir / REPORT
         name: Any = r.run_dir.name
         if link.is_file():  # a relative link: works while the compare directory stays together
             href = os.path.relpath(link, report_path.parent)
@@ -545,7 +540,7 @@ def _runs_table(
                 format_pct(r.score("accuracy", split)),
                 format_pct(r.score("macro_f1", split)),
                 *[format_pct(r.score("accuracy", e)) for e in extras],
-                _scalar_text(r.results.get("best_epoch")),
+                scalar_text(r.results.get("best_epoch")),
                 len(r.history),
                 format_duration(r.number("wall_time_s")),
                 format_int(r.number("trainable_params")),
@@ -595,10 +590,10 @@ def config_differences(rows: Sequence[StrategySummary]) -> tuple[list[str], list
         for k in keys
         if not k.startswith("output.")
         and k != "train.seed"
-        and len({_scalar_text(f.get(k)) for f in flat}) > 1
+        and len({scalar_text(f.get(k)) for f in flat}) > 1
     ]
     return ["field", *[r.label for r in rows]], [
-        [k, *[_scalar_text(f.get(k)) for f in flat]] for k in varying
+        [k, *[scalar_text(f.get(k)) for f in flat]] for k in varying
     ]
 
 
@@ -640,7 +635,7 @@ def _environment_html(records: Sequence[RunRecord]) -> str:
         for k, v in env.items():
             if k not in keys:
                 keys.append(k)
-            text = _scalar_text(v)
+            text = scalar_text(v)
             if text not in values.setdefault(k, []):
                 values[k].append(text)
     items = [("graft", graft.__version__)]
@@ -707,14 +702,14 @@ def render_compare_report(
     if split != "test":
         board += '<p class="note">Some runs have no test set: the validation set is compared.</p>'
     board += "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
-    board += _figure_to_img_tag(
+    board += figure_to_img_tag(
         accuracy_figure(rows, split, palette),
         alt=f"{split} accuracy per strategy with 95% intervals",
     )
     sections.append(("Leaderboard", board))
 
     if any(r.history for r in records):
-        curves = _figure_to_img_tag(
+        curves = figure_to_img_tag(
             curves_grid(rows, palette), alt="training and validation curves per strategy"
         )
         curves += (
@@ -726,7 +721,7 @@ def render_compare_report(
     sections.append(
         (
             "Cost",
-            _figure_to_img_tag(
+            figure_to_img_tag(
                 cost_figure(rows, split, palette),
                 alt="accuracy against wall time and against trainable parameters",
             )
@@ -738,7 +733,7 @@ def render_compare_report(
         sections.append(
             (
                 "Domain shift",
-                _figure_to_img_tag(
+                figure_to_img_tag(
                     shift_figure(rows, split, extras, palette),
                     alt="in-domain against shifted-domain accuracy",
                 )
@@ -754,7 +749,7 @@ def render_compare_report(
         and evaluated.get("confusion_matrix")
         and evaluated.get("labels")
     ):
-        matrix = _figure_to_img_tag(
+        matrix = figure_to_img_tag(
             confusion_figure(evaluated["confusion_matrix"], evaluated["labels"]),
             alt=f"confusion matrix of the best run on the {split} set",
         )

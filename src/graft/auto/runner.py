@@ -25,186 +25,33 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from graft.atomic import atomic_write_text
-from graft.config import apply_override, validate
+from graft.auto.budget import FINAL_SHARE, SAFETY, Clock, CostModel
+from graft.auto.setup import (
+    AutoOptions,
+    DataInfo,
+    base_config,
+    describe_data,
+    source,
+    with_sections,
+)
+from graft.config import validate
 from graft.console import RunLog
 from graft.errors import GraftError, UsageError
+from graft.rundir import MODEL_DIR, REPORT
 
-IMAGE_BACKBONE = "tf_efficientnet_lite0"
-TEXT_BACKBONE = "minilm"
-DEFAULT_TRAIN_CAP = 3000  # a 2-core CPU: a few thousand examples keep each epoch in a minute
-DEFAULT_VAL_CAP = 500
-DEFAULT_TEST_CAP = 2000
 SCREEN_TRAIN_CAP = 1000
 SCREENED = ("full", "lp_ft", "discriminative")
-SAFETY = 1.3  # estimates × this: eval passes, model set-up and noise are not in the linear model
-FINAL_SHARE = 0.35  # of the budget kept for the final training
 MAX_FINAL_EPOCHS = 8
 PROBE_EPOCHS = 8
-
-
-@dataclass
-class AutoOptions:
-    """What ``graft auto`` was asked for (the command line's options)."""
-
-    data: str
-    budget_s: float
-    backbone: str | None = None
-    train_size: int | None = None
-    val_size: int | None = None
-    test_size: int | None = None
-    image_size: int | None = None
-    max_length: int | None = None
-    format: str | None = None
-    labels_path: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    output: str = "runs"
-    name: str | None = None
-    quiet: bool = False
-    overrides: list[str] = field(default_factory=list)  # dotted key=value on every run
-
-
-class Clock:
-    """Elapsed and remaining time of the budget."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
-        self.started = time.perf_counter()
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    @property
-    def remaining(self) -> float:
-        return self.budget_s - self.elapsed
-
-
-@dataclass
-class CostModel:
-    """Seconds per run as ``fixed + epochs × train examples × per_example`` (both measured)."""
-
-    fixed_s: float = 0.0
-    per_example_s: float | None = None
-
-    def estimate(self, epochs: float, n_train: int) -> float:
-        if self.per_example_s is None:
-            return float("inf")
-        return SAFETY * (self.fixed_s + epochs * n_train * self.per_example_s)
-
-
-# --------------------------------------------------------------------------- the data
-
-
-def _is_path(data: str) -> bool:
-    return "/" in data or Path(data).exists()
-
-
-def _source(o: AutoOptions) -> dict[str, Any]:
-    if not _is_path(o.data):
-        from graft.data import get_dataset
-
-        get_dataset(o.data)  # an unknown name: a UsageError listing the known ones
-        return {"dataset": o.data}
-    if not Path(o.data).exists():
-        raise UsageError(f"{o.data}: no such file or folder", hint="give a path or a dataset name")
-    src: dict[str, Any] = {"path": o.data}
-    if o.format:
-        src["format"] = o.format
-    if o.labels_path:
-        src["labels_path"] = o.labels_path
-    if o.format in ("csv", "tsv", "jsonl") or Path(o.data).suffix in (".csv", ".tsv", ".jsonl"):
-        src.update(text_column=o.text_column, label_column=o.label_column)
-    return src
-
-
-def _image_side(examples: Any) -> int | None:
-    inputs = examples.inputs
-    if hasattr(inputs, "shape"):
-        return int(max(inputs.shape[1], inputs.shape[2]))
-    if inputs:
-        from PIL import Image
-
-        with Image.open(inputs[0]) as im:
-            return int(max(im.size))
-    return None
-
-
-def _describe_data(o: AutoOptions, src: dict[str, Any]) -> dict[str, Any]:
-    """Modality, size, image side, whether a test split exists: read once from the data."""
-    from graft.data import get_dataset, load_examples
-
-    examples = load_examples(**src)
-    has_test = False
-    if "dataset" in src:
-        has_test = "test" in get_dataset(src["dataset"]).splits
-    side = _image_side(examples) if examples.modality == "image" else None
-    return {
-        "modality": examples.modality,
-        "n": len(examples),
-        "classes": len(set(examples.labels)),
-        "side": side,
-        "has_test": has_test,
-    }
-
-
-def base_config(o: AutoOptions, info: dict[str, Any], auto_dir: Path) -> dict[str, Any]:
-    """The run config every step starts from."""
-    image = info["modality"] == "image"
-    backbone = o.backbone or (IMAGE_BACKBONE if image else TEXT_BACKBONE)
-    data: dict[str, Any] = {
-        "train": _source(o),
-        "train_size": o.train_size or DEFAULT_TRAIN_CAP,
-        "val_size": o.val_size or DEFAULT_VAL_CAP,
-        "test_size": o.test_size or DEFAULT_TEST_CAP,
-    }
-    if image:
-        if o.image_size:
-            data["image_size"] = o.image_size
-        elif info["side"] is not None and info["side"] <= 32 and o.backbone is None:
-            data["image_size"] = 64  # upscaled grey 28 px: far cheaper than 224 on a CPU
-    elif o.max_length:
-        data["max_length"] = o.max_length
-    else:
-        data["max_length"] = 128
-    config: dict[str, Any] = {
-        "backbone": {"name": backbone},
-        "data": data,
-        "strategy": {"name": "full"},
-        "optim": {"name": "adamw", "lr": _ft_lr(image), "weight_decay": 0.01},
-        "schedule": {"name": "cosine" if image else "linear", "warmup_ratio": 0.1},
-        "train": {"epochs": 1, "batch_size": 32, "progress": False},
-        "output": {"dir": str(auto_dir)},
-    }
-    for override in o.overrides:
-        apply_override(config, override)
-    validate(config, origin="graft auto")
-    return config
-
-
-def _ft_lr(image: bool) -> float:
-    # The usual fine-tuning rates: 1e-3 for a small CNN with AdamW, 5e-5 for a BERT encoder.
-    return 1.0e-3 if image else 5.0e-5
-
-
-def _with(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(json.dumps(base))
-    for section, values in sections.items():
-        if section == "strategy":
-            data["strategy"] = dict(values)  # a strategy's own parameters replace the old ones
-        else:
-            data.setdefault(section, {}).update(values)
-    return data
-
-
-# --------------------------------------------------------------------------- the steps
+AUTO_LOG = "auto.log"
+AUTO_JSON = "auto.json"
 
 
 @dataclass
@@ -232,13 +79,15 @@ class Auto:
         self.cost = CostModel()
         self.steps: list[Step] = []
         self.log = RunLog(quiet=o.quiet)
+        self.source = source(o)
+        self.info: DataInfo = describe_data(o, self.source)  # read once, before any run
 
     # -- a run
 
     def fit(self, step: str, data: dict[str, Any], name: str) -> Step:
         from graft.run import fit
 
-        data = _with(data, output={"name": name})
+        data = with_sections(data, output={"name": name})
         config = validate(data, origin=f"graft auto ({step})")
         started = time.perf_counter()
         record = Step(step, config.strategy.name, epochs=config.train.epochs)
@@ -264,8 +113,7 @@ class Auto:
         return record
 
     def n_train(self, cap: int | None) -> int:
-        n = int(self.info["n"] * (1 - 0.1 - (0 if self.info["has_test"] else 0.2)))
-        return min(n, cap) if cap else n
+        return self.info.n_train(cap)
 
     def skip(self, step: str, strategy: str, why: str) -> None:
         self.steps.append(Step(step, strategy, skipped=why))
@@ -280,11 +128,10 @@ class Auto:
 
     def run(self) -> dict[str, Any]:
         o = self.o
-        src = _source(o)
-        self.info = _describe_data(o, src)
-        self.auto_dir = _new_dir(Path(o.output), o.name or f"auto-{Path(o.data).name}")
-        self.log.attach(self.auto_dir / "auto.log")
-        base = base_config(o, self.info, self.auto_dir)
+        self.auto_dir = _free_dir(Path(o.output), o.name or f"auto-{Path(o.data).name}")
+        base = base_config(o, self.info, self.auto_dir)  # checked before anything is written
+        self.auto_dir.mkdir(parents=True, exist_ok=True)
+        self.log.attach(self.auto_dir / AUTO_LOG)
         self.base = base
         self._log_plan(base)
         probe = self.probe(base)
@@ -331,12 +178,12 @@ class Auto:
     def _log_plan(self, base: dict[str, Any]) -> None:
         d = base["data"]
         self.log(
-            f"auto: {self.o.data} ({self.info['modality']}, {self.info['n']} examples, "
-            f"{self.info['classes']} classes); backbone {base['backbone']['name']}"
+            f"auto: {self.o.data} ({self.info.modality}, {self.info.n} examples, "
+            f"{self.info.classes} classes); backbone {base['backbone']['name']}"
             + (f" at {d['image_size']} px" if d.get("image_size") else "")
             + f"; budget {self.o.budget_s:.0f}s; directory {self.auto_dir}"
         )
-        if self.o.train_size is None and self.info["n"] > d["train_size"]:
+        if self.o.train_size is None and self.info.n > d["train_size"]:
             self.log(
                 f"training on {d['train_size']} examples (a cap for a small CPU; "
                 "--train-size sets it)"
@@ -345,7 +192,7 @@ class Auto:
     def probe(self, base: dict[str, Any]) -> Step:
         """Step 1: a linear probe on cached features — the baseline, nearly free."""
         lr = 5.0e-3
-        data = _with(
+        data = with_sections(
             base,
             strategy={"name": "linear_probe"},
             optim={"lr": lr},
@@ -372,7 +219,7 @@ class Auto:
             if self.cost.per_example_s is not None and not self.fits(estimate):
                 self.skip("screen", strategy, f"estimated {estimate:.0f}s does not fit")
                 continue
-            data = _with(
+            data = with_sections(
                 base,
                 strategy=params,
                 train={"epochs": epochs},
@@ -470,7 +317,7 @@ class Auto:
             self.log("search: no trial beat the screening winner; keeping its settings")
             config.pop("search")
             return config, info
-        from graft.search_space import apply_params
+        from graft.search.space import apply_params
 
         config.pop("search")
         info["improved"] = True
@@ -480,7 +327,7 @@ class Auto:
     def final(self, config: dict[str, Any], winner: Step) -> Step:
         """Step 4: the chosen config on the whole (capped) training set, epochs to fit."""
         n = self.n_train(self.base["data"]["train_size"])
-        config = _with(config, data={"train_size": self.base["data"]["train_size"]})
+        config = with_sections(config, data={"train_size": self.base["data"]["train_size"]})
         if winner.strategy == "linear_probe":
             epochs = PROBE_EPOCHS  # cached features: epochs are nearly free
             estimate = SAFETY * winner.wall_s
@@ -509,7 +356,7 @@ class Auto:
                 run_dir=best.run_dir,
                 skipped="reused " + str(best.run_dir),
             )
-        config = _with(config, train={"epochs": epochs})
+        config = with_sections(config, train={"epochs": epochs})
         self.log(
             f"final: {config['strategy']['name']}, {epochs} epochs on {n} examples "
             f"(~{estimate:.0f}s, {self.clock.remaining:.0f}s left)"
@@ -542,7 +389,9 @@ class Auto:
         out = {
             "auto_dir": str(self.auto_dir),
             "data": self.o.data,
-            **{k: self.info[k] for k in ("modality", "n", "classes")},
+            "modality": self.info.modality,
+            "n": self.info.n,
+            "classes": self.info.classes,
             "backbone": base["backbone"]["name"],
             "budget_s": self.o.budget_s,
             "elapsed_s": self.clock.elapsed,
@@ -551,8 +400,8 @@ class Auto:
             "search": search_info,
             "final": {
                 "run_dir": final.run_dir,
-                "model_dir": str(Path(final.run_dir) / "model") if final.run_dir else None,
-                "report": str(Path(final.run_dir) / "report.html") if final.run_dir else None,
+                "model_dir": str(Path(final.run_dir) / MODEL_DIR) if final.run_dir else None,
+                "report": str(Path(final.run_dir) / REPORT) if final.run_dir else None,
                 "strategy": final.strategy,
                 "epochs": final.epochs,
                 "val_accuracy": final.val_accuracy,
@@ -560,7 +409,7 @@ class Auto:
                 "note": final.skipped,
             },
         }
-        atomic_write_text(self.auto_dir / "auto.json", json.dumps(out, indent=1))
+        atomic_write_text(self.auto_dir / AUTO_JSON, json.dumps(out, indent=1))
         self._table()
         self.log(
             f"auto done in {self.clock.elapsed:.0f}s of {self.o.budget_s:.0f}s: "
@@ -591,12 +440,12 @@ def _step_dict(s: Step) -> dict[str, Any]:
     return d
 
 
-def _new_dir(root: Path, name: str) -> Path:
+def _free_dir(root: Path, name: str) -> Path:
+    """``root/name``, or ``root/name-2``, ``-3``, ... if that holds anything (not created)."""
     path, n = root / name, 1
     while path.exists() and any(path.iterdir()):
         n += 1
         path = root / f"{name}-{n}"
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 

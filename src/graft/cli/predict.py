@@ -1,0 +1,55 @@
+"""``graft predict MODEL INPUT…``: the class of each image file or text."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from graft.cli.options import Subparsers, add_model
+from graft.data.types import Examples
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="predict the class of images or texts with a saved model",
+        description="Each INPUT is an image file (image models) or a text (text models); for a "
+        "text model, `-` reads one text per line from standard input.",
+    )
+    add_model(p)
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
+    p.set_defaults(handler=run)
+
+
+def read_inputs(model_modality: str, inputs: Sequence[str]) -> tuple[list[str], Examples]:
+    """What to show for each input, and the inputs as unlabeled examples of the model's kind."""
+    if model_modality == "text":
+        texts: list[str] = []
+        for item in inputs:
+            texts += (
+                [line.rstrip("\n") for line in sys.stdin if line.strip()] if item == "-" else [item]
+            )
+        return texts, Examples("text", texts, ["?"] * len(texts), "command line")
+    paths = [Path(p) for p in inputs]
+    from graft.data.images import load_image
+
+    for p in paths:
+        load_image(p)  # a clear error for a missing or corrupt file, before any work
+    return [str(p) for p in paths], Examples("image", paths, ["?"] * len(paths), "command line")
+
+
+def run(args: argparse.Namespace) -> int:
+    from graft.artifact import load_model
+
+    loaded = load_model(args.model)
+    shown, examples = read_inputs(loaded.modality, args.inputs)
+    for item, pred in zip(shown, loaded.predict(examples), strict=True):
+        if args.json:
+            print(json.dumps({"input": item, **pred}))
+        else:
+            print(f"{pred['label']}\t{pred['probability']:.3f}\t{item}")
+    return 0

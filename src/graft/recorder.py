@@ -1,0 +1,135 @@
+"""The hooks of a ``graft fit``: what happens around the loop's steps and epochs.
+
+Progress on the terminal, the run log, ``metrics.jsonl`` and ``steps.jsonl``, the best epoch's
+weights, TensorBoard events, and checkpoints (at every epoch end, every
+``checkpoint.every`` steps, every ``checkpoint.minutes``, and when a signal asks the run to
+stop). :class:`Recorder` implements the loop's :class:`~graft.train.Hooks` protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save as safetensors_save
+
+from graft.atomic import atomic_write, saving
+from graft.checkpoint import save_checkpoint
+from graft.console import EpochProgress, RunLog
+from graft.errors import Interrupted
+from graft.prepare import Prepared
+from graft.rundir import BEST_WEIGHTS, METRICS, STEPS
+from graft.runtime import StopRequest
+from graft.strategies.plan import Phase
+from graft.train import TrainState
+
+
+class Recorder:
+    """The hooks of a fit (:class:`~graft.train.LoopHooks`): progress, the run log,
+    metrics.jsonl and steps.jsonl, best weights, checkpoints."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        prep: Prepared,
+        log: RunLog,
+        digests: tuple[str, str],
+        quiet: bool,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        self.run_dir, self.prep, self.log = run_dir, prep, log
+        self.digest, self.data_digest = digests
+        self.on_epoch = on_epoch
+        self.progress = EpochProgress(log.console, prep.config.train.progress and not quiet)
+        self.best_path = run_dir / BEST_WEIGHTS
+        self.stop = StopRequest()  # replaced by fit with the one its signal handlers set
+        self.last_save = time.monotonic()
+
+    def message(self, text: str) -> None:
+        self.log(text)
+
+    def step(self, batch_index: int, loss: float, batch_size: int) -> None:
+        self.progress.step(batch_index, loss, batch_size)
+
+    def phase_start(self, index: int, phase: Phase, table: list[dict[str, Any]]) -> None:
+        self.log.phase_table(index, phase.name, table)
+
+    def epoch_start(self, state: TrainState, n_batches: int) -> None:
+        self.progress.start(f"epoch {state.epoch + 1}/{self.prep.plan.epochs}", n_batches)
+
+    def step_end(self, state: TrainState, opt: Any, sched: Any, epoch_done: bool) -> None:
+        """Log the step's loss; checkpoint when one is due (not at an epoch's last step: the
+        epoch-end checkpoint follows) or when a signal asked to stop, and then stop."""
+        path = self.run_dir / STEPS
+        with saving(path, "step log"), path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": state.step, "loss": state.losses[-1]}) + "\n")
+        if self.stop.requested or (self._due(state.step) and not epoch_done):
+            self.checkpoint(state, opt, sched)
+        self._stop_if_asked(state)
+
+    def _due(self, step: int) -> bool:
+        every, minutes = (
+            self.prep.config.train.checkpoint_every,
+            self.prep.config.train.checkpoint_minutes,
+        )
+        if every is not None and step % every == 0:
+            return True
+        return minutes is not None and time.monotonic() - self.last_save >= 60 * minutes
+
+    def checkpoint(self, state: TrainState, opt: Any, sched: Any) -> None:
+        save_checkpoint(
+            self.run_dir,
+            model=self.prep.backbone.model,
+            optimizer=opt,
+            scheduler=sched,
+            state=state.to_dict(),
+            plan=self.prep.plan.to_dict(),
+            config_digest=self.digest,
+            data_digest=self.data_digest,
+        )
+        self.last_save = time.monotonic()
+
+    def _stop_if_asked(self, state: TrainState) -> None:
+        if not self.stop.requested:
+            return
+        self.progress.stop()
+        where = f"step {state.step}, epoch {state.epoch + (1 if state.batch else 0)}"
+        message = f"{self.stop.signal_name}: stopped at {where} with a checkpoint in {self.run_dir}"
+        self.log(message)
+        assert self.stop.signal_number is not None
+        raise Interrupted(
+            message,
+            signal_number=self.stop.signal_number,
+            hint=f"continue with `graft fit CONFIG --resume {self.run_dir}`",
+        )
+
+    def epoch_end(
+        self, state: TrainState, record: dict[str, Any], is_best: bool, opt: Any, sched: Any
+    ) -> None:
+        self.progress.stop()
+        model = self.prep.backbone.model
+        metrics = self.run_dir / METRICS
+        with saving(metrics, "metrics"), metrics.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.prep.config.train.tensorboard:
+            from graft.tensorboard import write_epoch
+
+            write_epoch(self.run_dir, record)
+        if is_best:
+            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            with saving(self.best_path, "best weights"):
+                atomic_write(self.best_path, lambda fh: fh.write(safetensors_save(weights)))
+        self.checkpoint(state, opt, sched)
+        self.log(
+            f"epoch {record['epoch']}/{self.prep.plan.epochs} [{record['phase']}] "
+            f"loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.4f}  "
+            f"val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}  "
+            f"val F1 {record['val_macro_f1']:.4f}  {record['samples_per_s']:.1f} samples/s"
+            + ("  *best*" if is_best else "")
+        )
+        if self.on_epoch is not None:  # after the checkpoint: a pruned trial stays resumable
+            self.on_epoch(record)
+        self._stop_if_asked(state)

@@ -1,0 +1,161 @@
+"""``graft search``: hyperparameter search over any config field, with Optuna.
+
+Optuna (Akiba et al. 2019) provides the study, the samplers (grid, random, TPE, CMA-ES), the
+pruners (median, successive halving, Hyperband) and the storage; this module turns a config's
+``search:`` section (:mod:`graft.search.space`) into a study and runs trials, each trial a plain
+:func:`graft.run.fit` in its own run directory under ``<output.dir>/search-<name>/``.
+
+How the pieces fit:
+
+- **Storage.** ``sqlite:///<search dir>/study.db`` by default (embedded, nothing to start), or
+  any Optuna RDB URL (PostgreSQL, MySQL) so that workers on several machines share one study.
+  SQLite connections wait up to 60 s for a lock instead of failing with "database is locked".
+- **Trials.** Each worker runs ``study.optimize(n_trials=1)`` in a loop: Optuna records states,
+  heartbeats and failures; the loop decides whether another trial may start (trial count, wall
+  time). An epoch's validation metric is reported to the pruner from ``fit``'s ``on_epoch``
+  callback, which raises :class:`optuna.TrialPruned` to stop a weak trial. The objective value is
+  the run's best validation metric. A trial that raises is recorded FAILED with its error in the
+  user attribute ``error``, and the search goes on.
+- **Exactly n_trials.** Finished trials (complete, pruned, failed with an error) and trials
+  running now count toward ``n_trials``, over all workers and resumes. A worker checks before it
+  starts a trial, and again once the trial has its number (two workers may pass the first check
+  at the same moment): a trial numbered past the budget is marked FAILED with the user attribute
+  ``surplus`` and is left out of every count and report.
+- **Resume.** ``--resume`` continues a killed search: trials it left RUNNING are marked FAILED
+  (user attribute ``interrupted``), count for nothing, and their budget is run again with new
+  samples; nothing finished is rerun. ``--join`` adds workers to a live study (another machine)
+  and leaves running trials alone; a trial of a worker that died without a trace is failed by
+  Optuna's heartbeat after ``GRACE_S`` seconds.
+- **Workers.** ``--workers N`` starts N processes (multiprocessing, spawn) on this machine, each
+  with ``cores // N`` torch threads and a sampler seeded ``seed + worker``, so that their random
+  start-up trials differ.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from graft.atomic import atomic_write_text
+from graft.console import RunLog
+from graft.errors import UsageError
+from graft.search.space import grid_size
+from graft.search.study import (
+    BEST_CONFIG,
+    LOG,
+    SEARCH_YAML,
+    FitFn,
+    SearchSetup,
+    create_or_load_study,
+    default_storage,
+    effective_n_trials,
+    load_search_config,
+    n_counted,
+    quiet_optuna,
+    storage_label,
+)
+from graft.search.summary import summarize, write_outputs
+from graft.search.worker import run_workers
+
+
+@dataclass
+class SearchResult:
+    """What :func:`search` returns: where its outputs are, and the summary it wrote."""
+
+    search_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def best_config(self) -> Path | None:
+        path = self.search_dir / BEST_CONFIG
+        return path if path.is_file() else None
+
+
+def search(
+    config: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    join: bool = False,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    quiet: bool = False,
+    fit_fn: FitFn | None = None,
+) -> SearchResult:
+    """Run (or continue) a hyperparameter search as the config's ``search:`` section says.
+
+    ``n_trials``/``timeout`` (seconds) override the section's. Writes ``study.db`` (unless
+    ``storage`` names another database), one ``trial-NNNN/`` run directory per trial,
+    ``search.log``, ``search.json``, ``best_config.yaml`` and ``report.html`` into
+    ``<output.dir>/search-<study name>/``.
+    """
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if resume and join:
+        raise UsageError("give --resume or --join, not both")
+    started = time.time()
+    base, spec = load_search_config(config, overrides)
+    updates: dict[str, Any] = {}
+    if n_trials is not None:
+        updates["n_trials"] = n_trials
+    if timeout is not None:
+        updates["timeout"] = timeout
+    if updates:
+        spec = spec.model_copy(update=updates)
+    name = study_name or Path(config).stem
+    search_dir = Path((base.get("output") or {}).get("dir") or "runs") / f"search-{name}"
+    search_dir.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    setup = SearchSetup(
+        base=base,
+        spec=spec,
+        search_dir=search_dir,
+        storage_url=storage or default_storage(search_dir),
+        study_name=name,
+        quiet=quiet,
+        threads=max(1, cores // workers) if workers > 1 else None,
+        fit_fn=fit_fn,
+        deadline=started + spec.timeout if spec.timeout is not None else None,
+        workers=workers,
+    )
+    quiet_optuna()
+    log = RunLog(quiet=quiet)
+    log.attach(search_dir / LOG)
+    mode = "resume" if resume else "join" if join else "new"
+    study = create_or_load_study(setup, mode, log)
+    if mode == "new":
+        atomic_write_text(search_dir / SEARCH_YAML, Path(config).read_text(encoding="utf-8"))
+    _log_start(log, setup, study)
+    run_workers(setup)
+    summary = summarize(study, setup)
+    summary["wall_time_s"] = time.time() - started
+    write_outputs(study, setup, summary, log)
+    return SearchResult(search_dir, summary)
+
+
+def _log_start(log: RunLog, setup: SearchSetup, study: Any) -> None:
+    spec = setup.spec
+    n = effective_n_trials(spec)
+    done = n_counted(study)
+    budget = [f"{n} trials" if n is not None else None]
+    budget.append(f"{spec.timeout:.0f}s wall time" if spec.timeout is not None else None)
+    log(
+        f"search {setup.study_name!r}: {spec.sampler.name} sampler, {spec.pruner.name} pruner, "
+        f"{spec.direction} {spec.metric}; budget "
+        + " and ".join(b for b in budget if b)
+        + (f" ({done} already counted)" if done else "")
+        + f"; {setup.workers} worker(s)"
+        + (f", {setup.threads} threads each" if setup.threads else "")
+    )
+    storage = storage_label(setup.storage_url, setup.search_dir)
+    log(f"storage {storage}; trials in {setup.search_dir}")
+    if spec.sampler.name == "cmaes" and any(p.type == "categorical" for p in spec.space.values()):
+        log("cmaes: categorical parameters are sampled independently (TPE)")
+    if spec.sampler.name == "grid" and spec.n_trials and spec.n_trials > (n or 0):
+        log(f"grid: {grid_size(spec)} points, fewer than n_trials={spec.n_trials}")
