@@ -47,8 +47,8 @@ def _config(spec: dict[str, Any], out: str) -> Any:
             "strategy": {"name": "full"},
             "optim": {"name": "adamw", "lr": LR, "weight_decay": 0.01},
             "schedule": {"name": "linear", "warmup_ratio": 0.1},
-            "train": {"epochs": spec["epochs"], "batch_size": BATCH, "progress": False},
-            "output": {"dir": out},
+            "train": {"epochs": spec["epochs"], "batch_size": BATCH},
+            "output": {"dir": out, "progress": False},
         }
     )
 

@@ -36,7 +36,7 @@ from graft.models import Backbone, build_backbone
 
 # One intra-op thread: the models here are tiny (a second thread buys little on them) and one
 # thread is immune to the oversubscription of a shared CI box or of pytest-xdist workers.
-# Integration runs set their own threads through train.threads.
+# Integration runs set their own threads through hardware.threads.
 TEST_THREADS = 1
 torch.set_num_threads(TEST_THREADS)
 
@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _restore_threads() -> Iterator[None]:
-    """``fit`` sets the thread count from ``train.threads``; keep it from leaking across tests."""
+    """``fit`` sets the thread count from ``hardware.threads``; keep it from leaking."""
     yield
     if torch.get_num_threads() != TEST_THREADS:
         torch.set_num_threads(TEST_THREADS)
@@ -193,8 +193,9 @@ def tiny_image_run_config(
         "backbone": {"name": "test_efficientnet", "source": "timm", "pretrained": False},
         "data": {"train": train_source, "image_size": 32},
         "strategy": {"name": "full"},
-        "train": {"epochs": 1, "batch_size": 16, "threads": 1, "progress": False},
-        "output": {"dir": str(out_dir)},
+        "train": {"epochs": 1, "batch_size": 16},
+        "hardware": {"threads": 1},
+        "output": {"dir": str(out_dir), "progress": False},
     }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)

@@ -62,7 +62,7 @@ def test_auto_runs_the_loop_within_its_budget(tmp_path: Path) -> None:
             str(tmp_path),
             "--quiet",
             "backbone.pretrained=false",
-            "train.threads=1",
+            "hardware.threads=1",
         ]
     )
     elapsed = time.perf_counter() - started

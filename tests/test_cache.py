@@ -26,14 +26,9 @@ def _config(tmp_path: Path, name: str, cache: bool, strategy: dict) -> dict:
         },
         "strategy": strategy,
         "optim": {"lr": 3e-3},
-        "train": {
-            "epochs": 2,
-            "batch_size": 32,
-            "threads": 1,
-            "progress": False,
-            "feature_cache": cache,
-        },
-        "output": {"dir": str(tmp_path), "name": name},
+        "train": {"epochs": 2, "batch_size": 32, "feature_cache": cache},
+        "hardware": {"threads": 1},
+        "output": {"dir": str(tmp_path), "name": name, "progress": False},
     }
 
 
@@ -121,14 +116,9 @@ def test_text_prefix_cache_equals_uncached(tmp_path: Path, tiny_bert_dir: Path) 
             },
             "strategy": {"name": "partial", "k": 1},
             "optim": {"lr": 1e-3},
-            "train": {
-                "epochs": 2,
-                "batch_size": 16,
-                "threads": 1,
-                "progress": False,
-                "feature_cache": cache,
-            },
-            "output": {"dir": str(tmp_path), "name": name},
+            "train": {"epochs": 2, "batch_size": 16, "feature_cache": cache},
+            "hardware": {"threads": 1},
+            "output": {"dir": str(tmp_path), "name": name, "progress": False},
         }
         result = fit(validate(config), quiet=True)
         return _history(result.run_dir), (result.run_dir / "log.txt").read_text()

@@ -41,7 +41,7 @@ def test_yaml_and_typed_overrides(base_file: Path) -> None:
         [
             "optim.lr=3e-4",  # YAML 1.1 reads this as a string; the field makes it a float
             "train.epochs=2",
-            "train.progress=false",
+            "output.progress=false",
             "data.image_size=null",
             "strategy.name=custom",
             "strategy.phases=[{train: head, epochs: 1}, {train: all}]",
@@ -51,7 +51,7 @@ def test_yaml_and_typed_overrides(base_file: Path) -> None:
     )
     assert cfg.optim.lr == 3e-4 and type(cfg.optim.lr) is float
     assert cfg.train.epochs == 2 and type(cfg.train.epochs) is int
-    assert cfg.train.progress is False
+    assert cfg.output.progress is False
     assert cfg.data.image_size is None
     assert cfg.data.train_size == 100
     assert cfg.backbone.head_dropout == 0.25

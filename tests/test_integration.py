@@ -109,8 +109,8 @@ def test_fit_lite0_on_fashion_mnist(tmp_path: Path, capsys: pytest.CaptureFixtur
             },
             "strategy": {"name": "linear_probe"},
             "optim": {"lr": 1e-2},
-            "train": {"epochs": 1, "batch_size": 32, "progress": False},
-            "output": {"dir": str(tmp_path / "runs")},
+            "train": {"epochs": 1, "batch_size": 32},
+            "output": {"dir": str(tmp_path / "runs"), "progress": False},
         },
     )
     out = run_cli(["fit", str(config), "--quiet"], capsys)
@@ -150,8 +150,8 @@ def test_fit_minilm_on_vader_movies(tmp_path: Path, capsys: pytest.CaptureFixtur
             },
             "strategy": {"name": "linear_probe"},
             "optim": {"lr": 5e-2},
-            "train": {"epochs": 1, "batch_size": 8, "progress": False},
-            "output": {"dir": str(tmp_path / "runs")},
+            "train": {"epochs": 1, "batch_size": 8},
+            "output": {"dir": str(tmp_path / "runs"), "progress": False},
         },
     )
     out = run_cli(["fit", str(config), "--quiet"], capsys)

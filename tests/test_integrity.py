@@ -103,9 +103,8 @@ def test_fingerprint_covers_content_and_labels_not_file_names_or_dates(tmp_path:
 def test_saving_and_checkpoint_frequency_keys_do_not_change_the_config_hash() -> None:
     base = validate(tiny_image_run_config({"dataset": "digits"}, "runs")).to_dict()
     neutral = json.loads(json.dumps(base))
-    neutral["train"].update(
-        checkpoint_every=1, checkpoint_minutes=None, num_workers=2, keep_checkpoint=True
-    )
+    neutral["checkpoint"].update(every=1, minutes=None, keep=True)
+    neutral["hardware"].update(num_workers=2)
     neutral["output"]["dir"] = "elsewhere"
     assert config_hash(neutral) == config_hash(base)
     changed = json.loads(json.dumps(base))

@@ -128,7 +128,15 @@ def zygote() -> Iterator[Zygote]:
 # --------------------------------------------------------------------------- configs and runs
 
 
-def config(out: Path, name: str, strategy: str, **train: Any) -> dict[str, Any]:
+def config(
+    out: Path,
+    name: str,
+    strategy: str,
+    *,
+    num_workers: int = 0,
+    checkpoint_every: int | None = None,
+    checkpoint_minutes: float | None = 10.0,
+) -> dict[str, Any]:
     """scikit-learn digits on the random-init timm test EfficientNet at 32 px: 7 steps an epoch,
     3 epochs. ``full`` adds random augmentation and head dropout, so that the loader's and the
     process's RNG streams both matter; ``gradual`` thaws two groups in three phases and trains
@@ -144,11 +152,12 @@ def config(out: Path, name: str, strategy: str, **train: Any) -> dict[str, Any]:
         data={"train_size": 200, "val_size": 50, "test_size": 50, **data},
         backbone=backbone,
         strategy=plan,
-        train={
-            "epochs": EPOCHS,
-            "batch_size": 32,
-            "keep_checkpoint": True,  # the final optimizer state, for the comparison
-            **train,
+        train={"epochs": EPOCHS, "batch_size": 32},
+        hardware={"num_workers": num_workers},
+        checkpoint={
+            "keep": True,  # the final optimizer state, for the comparison
+            "every": checkpoint_every,
+            "minutes": checkpoint_minutes,
         },
         optim={"lr": 3e-3},
         schedule={"name": "cosine", "warmup_ratio": 0.1},

@@ -25,8 +25,9 @@ def _config(tmp_path: Path, **sections: Any) -> dict:
             "image_size": 32,
         },
         "optim": {"lr": 3e-3},
-        "train": {"epochs": 1, "batch_size": 32, "threads": 1, "progress": False},
-        "output": {"dir": str(tmp_path), "name": "run"},
+        "train": {"epochs": 1, "batch_size": 32},
+        "hardware": {"threads": 1},
+        "output": {"dir": str(tmp_path), "name": "run", "progress": False},
     }
     for section, values in sections.items():
         config[section] = {**config.get(section, {}), **values}

@@ -58,17 +58,17 @@ def test_missing_package_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_p
         tb.write_epoch(tmp_path, _record(1))
     assert not (tmp_path / "tensorboard").exists()
     # The config refuses it up front, naming the field.
-    with pytest.raises(UsageError, match=r"train\.tensorboard: .*pip install"):
-        validate({**MINIMAL, "train": {"tensorboard": True}})
-    assert validate({**MINIMAL, "train": {"tensorboard": False}}).train.tensorboard is False
+    with pytest.raises(UsageError, match=r"output\.tensorboard: .*pip install"):
+        validate({**MINIMAL, "output": {"tensorboard": True}})
+    assert validate({**MINIMAL, "output": {"tensorboard": False}}).output.tensorboard is False
 
 
 def test_config_accepts_tensorboard_when_installed() -> None:
-    assert validate({**MINIMAL, "train": {"tensorboard": True}}).train.tensorboard is True
+    assert validate({**MINIMAL, "output": {"tensorboard": True}}).output.tensorboard is True
 
 
 def test_fit_writes_one_event_per_epoch(tmp_path: Path) -> None:
-    """``train.tensorboard: true`` wires the writer into ``graft fit``: each epoch of
+    """``output.tensorboard: true`` wires the writer into ``graft fit``: each epoch of
     metrics.jsonl is in the event files, at its epoch."""
     import json
 
@@ -81,7 +81,8 @@ def test_fit_writes_one_event_per_epoch(tmp_path: Path) -> None:
         {"dataset": "digits"},
         tmp_path / "runs",
         data={"train_size": 64, "val_size": 32, "test_size": 32},
-        train={"epochs": 2, "tensorboard": True},
+        train={"epochs": 2},
+        output={"tensorboard": True},
     )
     result = fit(validate(config), quiet=True)
     history = [

@@ -377,8 +377,9 @@ def test_the_config_option_reaches_the_hf_loaders(
                 "trust_remote_code": enabled,
             },
             "data": {"train": {"path": str(table)}},
-            "train": {"epochs": 1, "threads": 1, "progress": False},
-            "output": {"dir": str(tmp_path / "out")},
+            "train": {"epochs": 1},
+            "hardware": {"threads": 1},
+            "output": {"dir": str(tmp_path / "out"), "progress": False},
         }
     )
     calls = _spy_on_loaders(monkeypatch)

@@ -3,7 +3,7 @@
 Every field is declared here with its type and default; unknown keys are refused. Validation errors
 name the field path (``train.epochs``) and the file, and become :class:`graft.errors.UsageError`.
 Components never receive this object: the runner reads it and calls builders with plain keyword
-arguments (DESIGN.md, principle 1).
+arguments.
 """
 
 from __future__ import annotations
@@ -193,6 +193,8 @@ class RegularizeConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    """The loop: epochs, batches, gradient handling, model selection, seeds."""
+
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(32, gt=0)
     eval_batch_size: int | None = Field(None, gt=0)
@@ -208,27 +210,43 @@ class TrainConfig(_Strict):
     frozen_bn: Literal["eval", "update"] = Field(
         "eval", description="BatchNorm in frozen groups: statistics fixed, or updated"
     )
-    device: str = "auto"
-    threads: int | None = Field(None, gt=0, description="default: all cores")
-    num_workers: int = Field(0, ge=0)
-    channels_last: bool | None = Field(None, description="default: on for CNNs")
     feature_cache: bool = Field(True, description="head-only phases train on stored features")
     seed: int = 0
-    progress: bool = True
     deterministic: bool = Field(
         False,
         description="deterministic algorithms only (torch.use_deterministic_algorithms); "
         "needed for reproducible GPU runs, CPU runs are reproducible without it",
     )
-    checkpoint_every: int | None = Field(
-        None, gt=0, description="also checkpoint every this many optimizer steps"
+
+
+class HardwareConfig(_Strict):
+    """Where and how fast a run computes; none of it changes what is trained, so a run may be
+    resumed on other hardware (bit-identical results need the same device and thread count)."""
+
+    device: str = "auto"
+    threads: int | None = Field(None, gt=0, description="default: all cores")
+    num_workers: int = Field(0, ge=0, description="data-loading processes")
+    channels_last: bool | None = Field(None, description="default: on for CNNs")
+
+
+class CheckpointConfig(_Strict):
+    """How often the training checkpoint (what ``--resume`` continues from) is written."""
+
+    every: int | None = Field(None, gt=0, description="also every this many optimizer steps")
+    minutes: float | None = Field(
+        10.0, gt=0, description="also when this many minutes passed since the last"
     )
-    checkpoint_minutes: float | None = Field(
-        10.0, gt=0, description="also checkpoint when this many minutes passed since the last"
-    )
-    keep_checkpoint: bool = Field(
+    keep: bool = Field(
         False, description="keep the last checkpoint when the run finishes (else it is deleted)"
     )
+
+
+class OutputConfig(_Strict):
+    """Where a run's directory goes and what it shows besides its files."""
+
+    dir: str = "runs"
+    name: str | None = None
+    progress: bool = Field(True, description="progress bars on a terminal")
     tensorboard: bool = Field(
         False, description="TensorBoard event files in RUN_DIR/tensorboard (graftkit[tensorboard])"
     )
@@ -244,11 +262,6 @@ class TrainConfig(_Strict):
         return value
 
 
-class OutputConfig(_Strict):
-    dir: str = "runs"
-    name: str | None = None
-
-
 class RunConfig(_Strict):
     """Everything one ``graft fit`` needs."""
 
@@ -261,6 +274,8 @@ class RunConfig(_Strict):
     regularize: RegularizeConfig = Field(default_factory=RegularizeConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -357,8 +372,33 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     return f"{origin}: invalid config\n" + "\n".join(lines)
 
 
+# Keys that moved to a section of their own; an old config gets an error naming the new place.
+MOVED_KEYS = {
+    "train.device": "hardware.device",
+    "train.threads": "hardware.threads",
+    "train.num_workers": "hardware.num_workers",
+    "train.channels_last": "hardware.channels_last",
+    "train.checkpoint_every": "checkpoint.every",
+    "train.checkpoint_minutes": "checkpoint.minutes",
+    "train.keep_checkpoint": "checkpoint.keep",
+    "train.progress": "output.progress",
+    "train.tensorboard": "output.tensorboard",
+}
+
+
+def _moved(data: dict[str, Any]) -> list[str]:
+    found = []
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            found.append(f"  {old}: moved to {new}")
+    return found
+
+
 def validate(data: dict[str, Any], origin: str = "config") -> RunConfig:
     """Validate a config mapping; errors name each bad field."""
+    if moved := _moved(data):
+        raise UsageError(f"{origin}: invalid config\n" + "\n".join(moved))
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
@@ -381,25 +421,12 @@ def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-# Settings that change where output goes or how often it is saved, never what is trained: a run
-# may be resumed with them changed. num_workers is among them because every random draw of data
-# loading is a pure function of (seed, epoch, batch), whichever process makes it.
-_NEUTRAL_TRAIN_KEYS = frozenset(
-    {
-        "progress",
-        "checkpoint_every",
-        "checkpoint_minutes",
-        "keep_checkpoint",
-        "num_workers",
-        "tensorboard",
-    }
-)
+# Sections that change where a run's output goes, how often it is saved or on what hardware it
+# runs, never what is trained: a run may be resumed with them changed.
+HASH_NEUTRAL_SECTIONS = frozenset({"output", "checkpoint", "hardware"})
 
 
 def config_hash(config: dict[str, Any]) -> str:
     """A stable hash of the settings that change training (not where its output goes)."""
-    relevant = {k: v for k, v in config.items() if k != "output"}
-    relevant["train"] = {
-        k: v for k, v in relevant.get("train", {}).items() if k not in _NEUTRAL_TRAIN_KEYS
-    }
+    relevant = {k: v for k, v in config.items() if k not in HASH_NEUTRAL_SECTIONS}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

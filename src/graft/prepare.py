@@ -266,8 +266,8 @@ class Prepared:
 def prepare(config: RunConfig, log: RunLog) -> Prepared:
     """Data, backbone (initialized), plan, loaders, objective: everything but the run directory.
     Every mistake in the config or the data surfaces here."""
-    threads = set_threads(config.train.threads)
-    device = select_device(config.train.device)
+    threads = set_threads(config.hardware.threads)
+    device = select_device(config.hardware.device)
     seed_everything(config.train.seed)
     splits = load_splits(config.data)
     log(
@@ -298,7 +298,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     )
     trainable = _trainable_in_plan(backbone, plan)
     channels_last = (
-        backbone.is_cnn if config.train.channels_last is None else config.train.channels_last
+        backbone.is_cnn if config.hardware.channels_last is None else config.hardware.channels_last
     )
     model = backbone.model.to(device)
     if channels_last:
@@ -307,7 +307,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         backbone.preprocess,
         backbone.tokenizer,
         channels_last,
-        config.train.num_workers,
+        config.hardware.num_workers,
         config.train.seed,
         *_augmentation(config.data, backbone, len(splits.label_map)),
     )

@@ -43,7 +43,7 @@ class Recorder:
         self.run_dir, self.prep, self.log = run_dir, prep, log
         self.digest, self.data_digest = digests
         self.on_epoch = on_epoch
-        self.progress = EpochProgress(log.console, prep.config.train.progress and not quiet)
+        self.progress = EpochProgress(log.console, prep.config.output.progress and not quiet)
         self.best_path = run_dir / BEST_WEIGHTS
         self.stop = StopRequest()  # replaced by fit with the one its signal handlers set
         self.last_save = time.monotonic()
@@ -72,8 +72,8 @@ class Recorder:
 
     def _due(self, step: int) -> bool:
         every, minutes = (
-            self.prep.config.train.checkpoint_every,
-            self.prep.config.train.checkpoint_minutes,
+            self.prep.config.checkpoint.every,
+            self.prep.config.checkpoint.minutes,
         )
         if every is not None and step % every == 0:
             return True
@@ -114,7 +114,7 @@ class Recorder:
         metrics = self.run_dir / METRICS
         with saving(metrics, "metrics"), metrics.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if self.prep.config.train.tensorboard:
+        if self.prep.config.output.tensorboard:
             from graft.tensorboard import write_epoch
 
             write_epoch(self.run_dir, record)

@@ -226,7 +226,7 @@ def _finish(
     with saving(run_dir / RESULTS, "results"):
         atomic_write_text(run_dir / RESULTS, json.dumps(results, indent=1))
     recorder.best_path.unlink(missing_ok=True)
-    if not config.train.keep_checkpoint:
+    if not config.checkpoint.keep:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     from graft.reports.run import write_run_report
 

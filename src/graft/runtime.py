@@ -32,10 +32,10 @@ def select_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(
-            f"train.device: unknown device {name!r}", hint="use auto, cpu or cuda"
+            f"hardware.device: unknown device {name!r}", hint="use auto, cpu or cuda"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("train.device: cuda was asked for but no GPU is available")
+        raise UsageError("hardware.device: cuda was asked for but no GPU is available")
     return device
 
 

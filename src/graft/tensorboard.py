@@ -1,8 +1,8 @@
-"""Optional TensorBoard event files beside ``metrics.jsonl`` (``train.tensorboard: true``).
+"""Optional TensorBoard event files beside ``metrics.jsonl`` (``output.tensorboard: true``).
 
 ``metrics.jsonl`` stays the record graft reads; the event files are for people who already watch
 their runs in TensorBoard (``tensorboard --logdir runs``). The package is an optional extra
-(``pip install 'graftkit[tensorboard]'``); the config refuses ``train.tensorboard: true`` without
+(``pip install 'graftkit[tensorboard]'``); the config refuses ``output.tensorboard: true`` without
 it, before anything runs.
 """
 
@@ -36,8 +36,8 @@ def tensorboard_missing() -> str | None:
     """Why event files cannot be written here (``None`` when they can)."""
     if importlib.util.find_spec("tensorboard") is None:
         return (
-            "train.tensorboard needs the tensorboard package: "
-            "pip install 'graftkit[tensorboard]' (or set train.tensorboard: false)"
+            "output.tensorboard needs the tensorboard package: "
+            "pip install 'graftkit[tensorboard]' (or set output.tensorboard: false)"
         )
     return None
 

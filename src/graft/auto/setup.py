@@ -134,8 +134,8 @@ def base_config(o: AutoOptions, info: DataInfo, auto_dir: Path) -> dict[str, Any
         "strategy": {"name": "full"},
         "optim": {"name": "adamw", "lr": _ft_lr(image), "weight_decay": 0.01},
         "schedule": {"name": "cosine" if image else "linear", "warmup_ratio": 0.1},
-        "train": {"epochs": 1, "batch_size": 32, "progress": False},
-        "output": {"dir": str(auto_dir)},
+        "train": {"epochs": 1, "batch_size": 32},
+        "output": {"dir": str(auto_dir), "progress": False},
     }
     for override in o.overrides:
         apply_override(config, override)

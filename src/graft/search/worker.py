@@ -59,14 +59,15 @@ def trial_dir_name(number: int) -> str:
 def trial_config(setup: SearchSetup, params: Mapping[str, Any], number: int) -> Any:
     """The validated run config of one trial: base + sampled values, in its own directory."""
     data = apply_params(setup.base, params)
-    data.setdefault("output", {})
-    data["output"] = {**(data["output"] or {}), "dir": str(setup.search_dir)}
-    data["output"]["name"] = trial_dir_name(number)
-    train = data.setdefault("train", {}) or {}
-    data["train"] = train
-    train["progress"] = False
-    if setup.threads is not None and train.get("threads") is None:
-        train["threads"] = setup.threads
+    data["output"] = {
+        **(data.get("output") or {}),
+        "dir": str(setup.search_dir),
+        "name": trial_dir_name(number),
+        "progress": False,
+    }
+    hardware = data["hardware"] = dict(data.get("hardware") or {})
+    if setup.threads is not None and hardware.get("threads") is None:
+        hardware["threads"] = setup.threads
     return validate(data, origin=f"trial {number}")
 
 
