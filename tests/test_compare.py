@@ -19,6 +19,7 @@ import graft.recorder
 import graft.run
 from graft.cli import main
 from graft.compare import run_compare
+from graft.compare.records import collect_runs
 from graft.compare.spec import (
     CompareSpec,
     load_compare,
@@ -35,7 +36,6 @@ from graft.compare.stats import (
 )
 from graft.config import load_config
 from graft.errors import DataError, UsageError
-from graft.reports.compare import collect_runs
 
 LEADERBOARD_ROW = re.compile(r"<tr(?: class=\"best\")?><td class=\"num\">\d+</td>")
 

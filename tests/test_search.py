@@ -28,7 +28,8 @@ from graft.config import RunConfig, validate
 from graft.errors import UsageError
 from graft.run import FitResult
 from graft.search import BEST_CONFIG, default_storage, open_storage, redact, search
-from graft.search.space import distributions, parse_duration, parse_search, split_search, suggest
+from graft.search.space import distributions, parse_search, split_search, suggest
+from graft.units import parse_duration
 
 # --------------------------------------------------------------------------- helpers
 

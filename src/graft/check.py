@@ -9,16 +9,16 @@ here, with the same message; nothing is written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graft.compare.spec import PlannedRun, compare_dir_for, load_compare, plan_runs
 from graft.config import RunConfig, load_config, read_yaml
 from graft.console import RunLog
+from graft.phases import apply_phase, group_table
 from graft.prepare import Prepared, prepare
 from graft.strategies import build_plan
 from graft.strategies.plan import Plan
-from graft.train import apply_phase, group_table
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Checked:
 
 
 def check_config(
-    path: str | Path, overrides: Sequence[str] = (), log: RunLog | None = None
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), log: RunLog | None = None
 ) -> Checked:
     """Check a config file as ``graft fit`` (and ``compare`` / ``search``, for their blocks)
     would, print the plan table of each phase, and return what was built. Raises the
@@ -45,11 +45,12 @@ def check_config(
 
         _, spec = load_search_config(path, overrides)
         search_parameters = list(spec.space)
-    compare_spec = None
+    compare_runs: list[PlannedRun] = []
     if "compare" in data:
-        from graft.compare.spec import load_compare
-
-        _, compare_spec = load_compare(path, overrides)
+        base, block = load_compare(path, overrides)
+        if block is not None:  # every strategy x seed config, its overrides applied, validated
+            where = compare_dir_for(base, block, Path(path).stem)
+            compare_runs = plan_runs(base, block, where, str(path))
     config = load_config(path, overrides)
     prep = prepare(config, log)
     groups = prep.backbone.groups
@@ -57,14 +58,15 @@ def check_config(
         apply_phase(groups, phase)
         log.phase_table(index, phase.name, group_table(groups, phase, config.optim.lr))
     plans: dict[str, Plan] = {}
-    if compare_spec is not None:
-        for entry in compare_spec.strategies:
-            plans[entry.key] = build_plan(
-                entry.name,
-                entry.params(),
+    for run in compare_runs:
+        if run.label not in plans:
+            plans[run.label] = build_plan(
+                run.config.strategy.name,
+                run.config.strategy.params(),
                 groups=prep.backbone.group_names(),
-                epochs=config.train.epochs,
+                epochs=run.config.train.epochs,
             )
+    if plans:
         log(
             "compare: "
             + ", ".join(

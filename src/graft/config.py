@@ -66,7 +66,9 @@ class DataConfig(_Strict):
     extra_size: int | None = Field(None, gt=0, description="subsample each extra_eval set")
     seed: int = 0
     image_size: int | None = Field(None, ge=8, le=1024, description="default: the backbone's")
-    max_length: int = Field(128, ge=8, le=8192, description="tokens; longer texts are truncated")
+    max_length: int | None = Field(
+        None, ge=8, le=8192, description="text: tokens, longer texts are cut (default 128)"
+    )
     augment: Literal["none", "light", "strong", "randaugment", "trivialaugment"] = "none"
     mixup_alpha: float = Field(0.0, ge=0, description="MixUp on training batches (0: off)")
     cutmix_alpha: float = Field(0.0, ge=0, description="CutMix on training batches (0: off)")
@@ -78,7 +80,9 @@ class BackboneConfig(_Strict):
     name: str
     source: Literal["auto", "timm", "hf", "torchvision"] = "auto"
     pretrained: bool = True
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "cls"] | None = Field(
+        None, description="text backbones: mean over tokens (the default) or the [CLS] token"
+    )
     head_dropout: float = Field(0.0, ge=0, lt=1)
     dropout: float | None = Field(
         None,
@@ -176,6 +180,9 @@ class RegularizeConfig(_Strict):
     """Penalties added to the loss, and constraints kept after every step."""
 
     l1: float = Field(0.0, ge=0)
+    l2: float = Field(
+        0.0, ge=0, description="strength/2 · Σ‖w‖² on the trained weights (coupled L2, in the loss)"
+    )
     l2_sp: float = Field(
         0.0, ge=0, description="α: pull the backbone towards its pretrained weights"
     )

@@ -106,7 +106,7 @@ def lr_find(
         batch_loss: ``(model, batch) -> loss`` when batches are not graft dicts or ``(x, y)``
             (e.g. to add autocast or a regularizer's penalty).
         train_mode: puts the model in training mode (default ``model.train()``; graft's loop
-            passes :func:`graft.train.set_train_mode` so frozen modules stay in eval mode).
+            passes :func:`graft.phases.set_train_mode` so frozen modules stay in eval mode).
     """
     if not 0 < start_lr < end_lr:
         raise UsageError(f"lr_find: need 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
@@ -243,8 +243,8 @@ def find_lr(
     on a copy of nothing: the model and optimizer are restored afterwards. Writes no run."""
     from graft.cache import cached_loaders, head_only
     from graft.console import RunLog
+    from graft.phases import apply_phase, set_train_mode
     from graft.prepare import prepare
-    from graft.train import apply_phase, set_train_mode
 
     log = RunLog(quiet=quiet)
     prep = prepare(config, log)

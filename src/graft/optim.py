@@ -75,8 +75,10 @@ def build_optimizer(
       ``LBFGS_HISTORY_SIZE``. Closure-based (``optimizer.step(closure)``, see
       :func:`is_closure_optimizer`) and full-batch in spirit: it fits a small deterministic model
       such as a head on frozen (cached) features, see :func:`check_lbfgs_applicable`. It takes a
-      single LR (so all groups must share one; ~1.0 with line search) and no weight decay (put an
-      :class:`graft.regularize.L2Penalty` in the closure's loss instead).
+      single LR (so all groups must share one; ~1.0 with line search) and no weight decay (an L2
+      penalty in the loss does the same: ``regularize.l2``, :class:`graft.regularize.L2Penalty`).
+      A closure-based optimizer takes one step per epoch over the whole training set (see
+      :func:`graft.train.train`).
     """
     if name not in OPTIMIZERS:
         raise UsageError(
@@ -145,7 +147,7 @@ def _build_lbfgs(groups: list[dict[str, Any]], lr: float) -> torch.optim.LBFGS:
     if any(g["weight_decay"] for g in groups):
         raise UsageError(
             "optim.weight_decay: lbfgs has no weight decay",
-            hint="set weight_decay=0 and add an L2 penalty to the loss",
+            hint="set optim.weight_decay=0 and regularize.l2 (the same penalty, in the loss)",
         )
     params = [p for g in groups for p in g["params"]]
     return torch.optim.LBFGS(

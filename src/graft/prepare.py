@@ -27,6 +27,7 @@ from graft.data.types import Examples
 from graft.errors import UsageError
 from graft.models import Backbone, ImagePreprocess, build_backbone
 from graft.optim import OptimizerFactory, ScheduleFactory
+from graft.phases import apply_phase
 from graft.pipeline import Loaders
 from graft.runtime import (
     select_device,
@@ -34,7 +35,7 @@ from graft.runtime import (
 )
 from graft.strategies import build_plan
 from graft.strategies.plan import Plan
-from graft.train import LoopSettings, Objective, apply_phase, steps_per_epoch
+from graft.train import LoopSettings, Objective, steps_per_epoch
 
 
 def _examples(source: SourceConfig, field: str) -> Examples:
@@ -156,6 +157,8 @@ def _objective(config: RunConfig, model: torch.nn.Module, train_targets: np.ndar
     penalties: list[Any] = []
     if r.l1:
         penalties.append(reg.L1Penalty(model, r.l1))
+    if r.l2:
+        penalties.append(reg.L2Penalty(model, r.l2))
     if r.l2_sp or r.l2_sp_head:
         penalties.append(reg.L2SP(model.named_parameters(), r.l2_sp, r.l2_sp_head))
     constraints: list[Any] = []

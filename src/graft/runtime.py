@@ -39,13 +39,6 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Native bf16 on the CPU (AVX512-BF16 or AMX); without it bf16 is 6-180x slower here."""
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((check and check()) or (amx and amx()))
-
-
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on a GPU that supports it; plain fp32 elsewhere (the CPU default)."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():

@@ -36,7 +36,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from graft.auto import AutoOptions, run_auto
-    from graft.search.space import parse_duration
+    from graft.units import parse_duration
 
     options = AutoOptions(
         data=args.data,

@@ -39,7 +39,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from graft.search import search
-    from graft.search.space import parse_duration
+    from graft.units import parse_duration
 
     timeout = parse_duration(args.timeout, "--timeout") if args.timeout is not None else None
     if args.n_trials is not None and args.n_trials < 1:

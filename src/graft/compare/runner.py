@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from graft.atomic import atomic_write_text
+from graft.compare.records import record_of
 from graft.compare.spec import (
     CompareSpec,
     PlannedRun,
@@ -69,7 +70,7 @@ from graft.compare.stats import (
 from graft.config import dump_config
 from graft.console import RunLog
 from graft.errors import DataError, GraftError, UsageError
-from graft.rundir import LOG, REPORT, load_run, run_state
+from graft.rundir import LOG, REPORT, run_state
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -108,10 +109,7 @@ def _in_child(run: PlannedRun, config_path: Path, resume: Path | None, quiet: bo
 
 
 def load_record(run: PlannedRun, isolated: bool = True) -> RunRecord:
-    data = load_run(run.run_dir)
-    return RunRecord(
-        run.label, run.seed, run.run_dir, data.results, data.history, data.config_text, isolated
-    )
+    return record_of(run.run_dir, run.label, run.seed, isolated)
 
 
 @dataclass

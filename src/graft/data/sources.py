@@ -24,6 +24,7 @@ from graft.errors import DataError, UsageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 TABLE_FORMATS = ("csv", "tsv", "jsonl")
+FORMATS = ("image_folder", "idx", *TABLE_FORMATS)  # what data.*.format may name
 _TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 _FOLDER_HINT = "expected one subfolder per class, e.g. data/cat/*.jpg and data/dog/*.jpg"

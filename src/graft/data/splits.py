@@ -11,7 +11,7 @@ import numpy as np
 
 from graft.data.named import get_dataset
 from graft.data.sources import read_idx, read_image_folder, read_table
-from graft.data.types import Examples, LabelMap, Splits, _natural_key
+from graft.data.types import Examples, LabelMap, Splits, natural_key
 from graft.errors import DataError, UsageError
 
 FORMATS = ("image_folder", "idx", "csv", "tsv", "jsonl")
@@ -110,7 +110,7 @@ def _split_indexes(
     n = len(labels)
     idx = np.arange(n)
     counts = Counter(labels)
-    rare = sorted((c for c, k in counts.items() if k < 2), key=_natural_key)
+    rare = sorted((c for c, k in counts.items() if k < 2), key=natural_key)
     if rare:
         shown = ", ".join(repr(c) for c in rare[:5]) + (" ..." if len(rare) > 5 else "")
         raise DataError(

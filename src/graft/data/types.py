@@ -49,7 +49,7 @@ class Examples:
         return Examples(self.modality, inputs, [self.labels[i] for i in idx], origin or self.origin)
 
 
-def _natural_key(name: str) -> tuple[int, float | str]:
+def natural_key(name: str) -> tuple[int, float | str]:
     """Sort numeric label names numerically ("2" before "10"), the rest alphabetically."""
     try:
         return (0, float(name))
@@ -76,14 +76,14 @@ class LabelMap:
         present = set(labels)
         if order is not None:
             return cls(tuple(n for n in order if n in present))
-        return cls(tuple(sorted(present, key=_natural_key)))
+        return cls(tuple(sorted(present, key=natural_key)))
 
     def __len__(self) -> int:
         return len(self.names)
 
     def encode(self, labels: Sequence[str], origin: str) -> np.ndarray:
         """Class indexes of ``labels``; a label the map does not know is a :class:`DataError`."""
-        unknown = sorted(set(labels) - self._index.keys(), key=_natural_key)
+        unknown = sorted(set(labels) - self._index.keys(), key=natural_key)
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             raise DataError(

@@ -13,12 +13,15 @@ from typing import Any
 from graft.errors import UsageError
 from graft.models import hf_backbone, timm_backbone, torchvision_backbone
 from graft.models.base import (
+    MODALITY_OPTIONS,
+    OPTION_FIELDS,
     Backbone,
     GraftModel,
     Head,
     ImagePreprocess,
     LayerGroup,
     TextPreprocess,
+    all_families,
     check_group_coverage,
     families,
     family,
@@ -38,34 +41,27 @@ __all__ = [
     "resolve_source",
 ]
 
-_PREFIXES = ("timm:", "hf:", "torchvision:")
-
 
 def resolve_source(name: str, source: str = "auto") -> tuple[str, str]:
     """(family, model name) for a backbone name such as ``tf_efficientnet_lite0``, ``minilm``,
-    ``timm:resnet18``, ``torchvision:resnet18``, ``hf:bert-base-uncased`` or a local HF folder."""
-    for prefix in _PREFIXES:
-        if name.startswith(prefix):
-            return prefix[:-1], name[len(prefix) :]
+    ``timm:resnet18``, ``torchvision:resnet18``, ``hf:bert-base-uncased`` or a local HF folder:
+    a family's prefix first, then ``source``, then the families' own claims in priority order."""
+    for fam in all_families():
+        if name.startswith(fam.prefix):
+            return fam.name, name[len(fam.prefix) :]
     if source != "auto":
-        return source, name
-    import timm
-    import torchvision
-
-    if name.lower() in hf_backbone.OFFLINE_ALIASES or (Path(name) / "config.json").is_file():
-        return "hf", name
-    if timm.is_model(name):
-        return "timm", name
-    if name in torchvision.models.list_models(module=torchvision.models):
-        return "torchvision", name
-    if "/" in name and not Path(name).exists():
-        return "hf", name  # a hub id such as bert-base-uncased's org/name form
-    known = [*timm.list_models(), *torchvision.models.list_models(), "minilm"]
+        return family(source).name, name
+    claims = sorted((prio, fam.name, test) for fam in all_families() for prio, test in fam.claims)
+    for _, fam_name, test in claims:
+        if test(name):
+            return fam_name, name
+    known = [n for fam in all_families() for n in fam.known()]
     close = difflib.get_close_matches(name, known, n=3)
+    prefixes = ", ".join(f"{f.prefix}<name>" for f in all_families())
     raise UsageError(
         f"backbone.name: unknown backbone {name!r}",
         hint=(f"did you mean {', '.join(close)}? " if close else "")
-        + "use a timm or torchvision model name, minilm, or hf:<hub id or folder>",
+        + f"use a known model name or a family prefix ({prefixes})",
     )
 
 
@@ -76,26 +72,41 @@ def build_backbone(
     source: str = "auto",
     pretrained: bool = True,
     head_dropout: float = 0.0,
-    pooling: str = "mean",
+    pooling: str | None = None,
     image_size: int | None = None,
-    max_length: int = 128,
+    max_length: int | None = None,
     dropout: float | None = None,
     trust_remote_code: bool = False,
 ) -> Backbone:
     """Build a backbone with a new ``num_classes`` head, and check its layer groups.
-    ``dropout`` sets the rate of every dropout layer inside the body (None: the model's own);
-    ``trust_remote_code`` lets a Hugging Face model run the Python code it ships (off unless the
-    config says so)."""
-    fam, model_name = resolve_source(name, source)
-    backbone = family(fam)(
+
+    Options of the other modality are refused with the config field named: ``pooling``,
+    ``max_length`` and ``trust_remote_code`` apply to text backbones, ``image_size`` to image
+    ones (None/False: not given). ``dropout`` sets the rate of every dropout layer inside the
+    body (None: the model's own); ``trust_remote_code`` lets a Hugging Face model run the Python
+    code it ships (off unless the config says so)."""
+    fam_name, model_name = resolve_source(name, source)
+    fam = family(fam_name)
+    given = {
+        "image_size": image_size,
+        "pooling": pooling,
+        "max_length": max_length,
+        "trust_remote_code": trust_remote_code or None,
+    }
+    options = {k: v for k, v in given.items() if v is not None}
+    wrong = [k for k in options if k not in MODALITY_OPTIONS[fam.modality]]
+    if wrong:
+        fields = ", ".join(OPTION_FIELDS[k] for k in wrong)
+        raise UsageError(
+            f"{fields}: does not apply to {fam.modality} backbones ({name} is one)",
+            hint="remove it from the config",
+        )
+    backbone = fam.build(
         model_name,
         num_classes=num_classes,
         pretrained=pretrained,
         head_dropout=head_dropout,
-        pooling=pooling,
-        image_size=image_size,
-        max_length=max_length,
-        trust_remote_code=trust_remote_code,
+        **options,
     )
     check_group_coverage(backbone.model, backbone.groups)
     if dropout is not None:
@@ -114,7 +125,7 @@ def rebuild(
     else:
         extra["max_length"] = preprocess["max_length"]
         extra["tokenizer_dir"] = str(tokenizer_dir) if tokenizer_dir else None
-    backbone = family(spec["source"])(spec["name"], pretrained=False, **kwargs, **extra)
+    backbone = family(spec["source"]).build(spec["name"], pretrained=False, **kwargs, **extra)
     if isinstance(backbone.preprocess, ImagePreprocess):
         # The saved normalisation wins over the architecture's default.
         backbone.preprocess = ImagePreprocess(

@@ -156,26 +156,75 @@ def set_dropout(module: nn.Module, p: float) -> int:
 
 
 BackboneBuilder = Callable[..., Backbone]
-_FAMILIES: dict[str, BackboneBuilder] = {}
+NameTest = Callable[[str], bool]
+
+# Builder options beyond (name, num_classes, pretrained, head_dropout) by modality, and the config
+# field each comes from: an option of the other modality is refused, naming that field.
+MODALITY_OPTIONS: dict[Modality, tuple[str, ...]] = {
+    "image": ("image_size",),
+    "text": ("pooling", "max_length", "trust_remote_code"),
+}
+OPTION_FIELDS = {
+    "image_size": "data.image_size",
+    "pooling": "backbone.pooling",
+    "max_length": "data.max_length",
+    "trust_remote_code": "backbone.trust_remote_code",
+}
 
 
-def register_family(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    """Register a backbone family's builder; a second registration of a name is a bug."""
+@dataclass(frozen=True)
+class Family:
+    """A backbone family, as registered: its builder, the input it takes, how it recognises a
+    bare model name, and the names it knows (for "did you mean")."""
+
+    name: str  # also its prefix in backbone names: ``timm:resnet18``
+    modality: Modality
+    build: BackboneBuilder
+    claims: tuple[tuple[int, NameTest], ...]  # (priority, test): the lowest matching wins
+    known: Callable[[], list[str]]
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}:"
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(
+    name: str,
+    *,
+    modality: Modality,
+    claims: tuple[tuple[int, NameTest], ...] = (),
+    known: Callable[[], list[str]] = list,
+) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register a backbone family's builder, in one place: its name (and ``name:`` prefix), its
+    modality, the tests that claim a bare model name (``(priority, test)``; tests run lowest
+    priority first, lazily, so a family's library is imported only when its turn comes) and the
+    names it knows. A second registration of a name is a bug."""
 
     def decorate(fn: BackboneBuilder) -> BackboneBuilder:
         if name in _FAMILIES:
             raise ValueError(f"backbone family {name!r} is already registered")
-        _FAMILIES[name] = fn
+        _FAMILIES[name] = Family(name, modality, fn, claims, known)
         return fn
 
     return decorate
 
 
-def family(name: str) -> BackboneBuilder:
+def family(name: str) -> Family:
+    """The registered family ``name`` (a :class:`UsageError` naming the known ones if none)."""
     if name not in _FAMILIES:
-        raise UsageError(f"unknown backbone source {name!r}; known: {', '.join(sorted(_FAMILIES))}")
+        raise UsageError(
+            f"backbone.source: unknown backbone source {name!r}",
+            hint=f"known: auto, {', '.join(sorted(_FAMILIES))}",
+        )
     return _FAMILIES[name]
 
 
 def families() -> list[str]:
     return sorted(_FAMILIES)
+
+
+def all_families() -> list[Family]:
+    return [_FAMILIES[n] for n in families()]

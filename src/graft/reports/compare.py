@@ -21,11 +21,12 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from graft.atomic import atomic_write_text
+from graft.compare.records import collect_runs
 from graft.compare.spec import MANIFEST, read_manifest
 from graft.compare.stats import (
     RunRecord,
@@ -36,8 +37,15 @@ from graft.compare.stats import (
     significance_note,
     summarize,
 )
-from graft.errors import DataError, UsageError
-from graft.reports.figures import confusion_figure, figure_to_img_tag, new_figure, plain, series
+from graft.errors import DataError
+from graft.reports.compare_figures import (
+    accuracy_figure,
+    colors,
+    cost_figure,
+    curves_grid,
+    shift_figure,
+)
+from graft.reports.figures import confusion_figure, figure_to_img_tag
 from graft.reports.html import (
     Markup,
     format_duration,
@@ -49,14 +57,7 @@ from graft.reports.html import (
     scalar_text,
 )
 from graft.reports.run import per_class_table
-from graft.rundir import REPORT, load_run, run_state
-
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
-
-# Colour-blind-safe (Okabe-Ito), then matplotlib's tab10 for more than eight strategies.
-_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+from graft.rundir import REPORT
 
 _EXTRA_CSS = """
 main { max-width: 1200px; }
@@ -86,304 +87,6 @@ details pre { margin: 0.5rem 0; }
 .side { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
 .side > div { flex: 0 1 auto; }
 """
-
-
-# --------------------------------------------------------------------------------------------
-# Collecting runs
-# --------------------------------------------------------------------------------------------
-
-
-def _seed_of(config_text: str, fallback: int) -> int:
-    try:
-        data = yaml.safe_load(config_text)
-        return int(data["train"]["seed"])
-    except (yaml.YAMLError, KeyError, TypeError, ValueError):
-        return fallback
-
-
-def collect_runs(paths: Sequence[str | Path]) -> tuple[list[RunRecord], list[str]]:
-    """The finished runs under ``paths`` (run directories or compare directories), and notes on
-    what was left out. A run directory's label is its strategy, its seed ``train.seed``.
-
-    Raises:
-        UsageError: no path given, or a path given twice.
-        DataError: a path is neither a run nor a compare directory, or a run's files are broken.
-    """
-    if not paths:
-        raise UsageError("graft report needs at least one run or compare directory")
-    records: list[RunRecord] = []
-    notes: list[str] = []
-    seen: set[Path] = set()
-    for raw in paths:
-        path = Path(raw)
-        if (path / MANIFEST).is_file():
-            manifest = read_manifest(path)
-            for entry in manifest["runs"]:
-                run_dir = path / entry["name"]
-                if run_state(run_dir) != "done":
-                    notes.append(f"{run_dir.name}: not finished, left out")
-                    continue
-                _add(records, seen, run_dir, str(entry["label"]), int(entry["seed"]))
-            continue
-        data = load_run(path)
-        label = str(data.results.get("strategy") or "run")
-        _add(records, seen, path, label, _seed_of(data.config_text, len(records)))
-    if not records:
-        raise DataError(
-            "no finished run to report on", hint="a run is finished once it has results.json"
-        )
-    return records, notes
-
-
-def _add(records: list[RunRecord], seen: set[Path], run_dir: Path, label: str, seed: int) -> None:
-    key = run_dir.resolve()
-    if key in seen:
-        raise UsageError(f"{run_dir}: given twice")
-    seen.add(key)
-    data = load_run(run_dir)
-    records.append(
-        RunRecord(label, seed, run_dir, data.results, data.history, data.config_text, True)
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------
-
-
-def colors(labels: Sequence[str]) -> dict[str, str]:
-    """One colour per strategy, the same in every figure and in the leaderboard."""
-    from matplotlib import colormaps
-
-    tab10 = colormaps["tab10"]
-    out = {}
-    for i, label in enumerate(labels):
-        if i < len(_PALETTE):
-            out[label] = _PALETTE[i]
-        else:
-            r, g, b, _ = tab10(i % 10)
-            out[label] = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
-    return out
-
-
-def _style(ax: Axes) -> None:
-    ax.grid(True, alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
-
-
-def accuracy_figure(rows: Sequence[StrategySummary], split: str, palette: dict[str, str]) -> Figure:
-    """Each strategy's accuracy: every seed as a dot, the mean as a bar with its 95% interval."""
-    fig = new_figure(9.0, 0.5 * len(rows) + 1.4)
-    ax = fig.subplots()
-    for y, row in enumerate(rows):
-        color = palette[row.label]
-        acc = row.accuracy
-        if not math.isnan(acc.mean):
-            ax.barh(y, 100 * acc.mean, color=color, alpha=0.25, height=0.6)
-        if not math.isnan(acc.low):
-            ax.errorbar(
-                100 * acc.mean,
-                y,
-                xerr=[[100 * (acc.mean - acc.low)], [100 * (acc.high - acc.mean)]],
-                fmt="none",
-                ecolor=color,
-                elinewidth=2,
-                capsize=5,
-            )
-        ax.scatter(
-            [100 * v for v in acc.values],
-            [y] * acc.n,
-            color=color,
-            s=22,
-            zorder=3,
-            edgecolor="white",
-            linewidth=0.6,
-        )
-    ax.set_yticks(range(len(rows)), [plain(r.label) for r in rows])
-    ax.invert_yaxis()
-    values = [100 * v for r in rows for v in r.accuracy.values]
-    lows = [100 * r.accuracy.low for r in rows if not math.isnan(r.accuracy.low)]
-    if values:
-        lo = min(values + lows)
-        hi = max(values + [100 * r.accuracy.high for r in rows if not math.isnan(r.accuracy.high)])
-        pad = max(1.0, 0.08 * (hi - lo))
-        ax.set_xlim(max(0.0, lo - pad), min(100.0, hi + pad))
-    ax.set_xlabel(f"{split} accuracy (%)  ·  dots: seeds, bar: mean, whiskers: 95% interval")
-    _style(ax)
-    return fig
-
-
-def _mean_curve(
-    histories: Sequence[Sequence[dict[str, Any]]], key: str
-) -> tuple[list[float], list[float], list[float]]:
-    """Per record number: mean, min and max over seeds (NaN where no seed has a value)."""
-    import numpy as np
-
-    length = max((len(h) for h in histories), default=0)
-    table = np.full((len(histories), length), np.nan)
-    for i, history in enumerate(histories):
-        table[i, : len(history)] = series(history, key)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: a gap
-            return (
-                list(np.nanmean(table, axis=0)),
-                list(np.nanmin(table, axis=0)),
-                list(np.nanmax(table, axis=0)),
-            )
-
-
-def curves_grid(rows: Sequence[StrategySummary], palette: dict[str, str]) -> Figure:
-    """Train and validation loss and accuracy per epoch: a line per strategy (mean over seeds),
-    a band from the lowest to the highest seed."""
-    fig = new_figure(11.0, 7.0)
-    axes = fig.subplots(2, 2, sharex=True)
-    panels = [
-        (axes[0][0], "train_loss", "Training loss"),
-        (axes[0][1], "val_loss", "Validation loss"),
-        (axes[1][0], "train_accuracy", "Training accuracy"),
-        (axes[1][1], "val_accuracy", "Validation accuracy"),
-    ]
-    longest = 0
-    for ax, key, title in panels:
-        for row in rows:
-            histories = [r.history for r in row.runs if r.history]
-            if not histories:
-                continue
-            mean, low, high = _mean_curve(histories, key)
-            xs = list(range(1, len(mean) + 1))
-            longest = max(longest, len(xs))
-            color = palette[row.label]
-            marker = "o" if len(xs) <= 20 else None
-            ax.plot(
-                xs,
-                mean,
-                color=color,
-                label=plain(row.label),
-                marker=marker,
-                markersize=3.5,
-                linewidth=1.8,
-            )
-            if len(histories) > 1:
-                ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0)
-        ax.set_title(title, fontsize=11)
-        _style(ax)
-    for ax in axes[1]:
-        ax.set_xlabel("epoch")
-        if 0 < longest <= 20:
-            ax.set_xticks(range(1, longest + 1))
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(
-            handles, labels, loc="outside lower center", ncol=min(len(labels), 6), frameon=False
-        )
-    return fig
-
-
-def _cost_panel(
-    ax: Axes,
-    rows: Sequence[StrategySummary],
-    palette: dict[str, str],
-    cost: str,
-    split: str,
-    log_x: bool,
-) -> None:
-    for row in rows:
-        color = palette[row.label]
-        points = [
-            (x, 100 * y)
-            for r in row.runs
-            if (x := r.number(cost)) is not None
-            and (y := r.score("accuracy", split)) is not None
-            and (x > 0 or not log_x)
-        ]
-        if not points:
-            continue
-        xs, ys = zip(*points, strict=True)
-        ax.scatter(xs, ys, color=color, alpha=0.35, s=18, edgecolor="none")
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        ax.scatter(
-            [mx],
-            [my],
-            color=color,
-            s=70,
-            edgecolor="white",
-            linewidth=1.0,
-            zorder=3,
-            label=plain(row.label),
-        )
-        ax.annotate(
-            plain(row.label),
-            (mx, my),
-            xytext=(6, 4),
-            textcoords="offset points",
-            fontsize=8,
-            color=color,
-        )
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_ylabel(f"{split} accuracy (%)")
-    _style(ax)
-
-
-def cost_figure(rows: Sequence[StrategySummary], split: str, palette: dict[str, str]) -> Figure:
-    """Accuracy against wall time and against trainable parameters (log scale): large dots are
-    the means over seeds, small ones the seeds."""
-    fig = new_figure(11.0, 4.2)
-    time_ax, params_ax = fig.subplots(1, 2, sharey=True)
-    _cost_panel(time_ax, rows, palette, "wall_time_s", split, log_x=False)
-    time_ax.set_xlabel("wall time per run (s)")
-    time_ax.set_title("Accuracy vs. wall time", fontsize=11)
-    _cost_panel(params_ax, rows, palette, "trainable_params", split, log_x=True)
-    params_ax.set_xlabel("trainable parameters (log scale)")
-    params_ax.set_title("Accuracy vs. trainable parameters", fontsize=11)
-    params_ax.set_ylabel("")
-    return fig
-
-
-def shift_figure(
-    rows: Sequence[StrategySummary], split: str, extras: Sequence[str], palette: dict[str, str]
-) -> Figure:
-    """In-domain against shifted-domain accuracy, one panel per extra set; the dashed diagonal
-    is 'no loss under shift'."""
-    fig = new_figure(min(5.0 * len(extras), 15.0), 4.6)
-    axes = fig.subplots(1, len(extras), squeeze=False)[0]
-    for ax, extra in zip(axes, extras, strict=True):
-        everything: list[float] = []
-        for row in rows:
-            color = palette[row.label]
-            pts = [
-                (100 * x, 100 * y)
-                for r in row.runs
-                if (x := r.score("accuracy", split)) is not None
-                and (y := r.score("accuracy", extra)) is not None
-            ]
-            if not pts:
-                continue
-            xs, ys = zip(*pts, strict=True)
-            everything += [*xs, *ys]
-            ax.scatter(xs, ys, color=color, alpha=0.35, s=18, edgecolor="none")
-            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-            ax.scatter(
-                [mx], [my], color=color, s=70, edgecolor="white", zorder=3, label=plain(row.label)
-            )
-        if everything:
-            lo, hi = min(everything), max(everything)
-            pad = max(1.0, 0.06 * (hi - lo))
-            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "--", color="0.6", linewidth=1)
-            ax.set_xlim(lo - pad, hi + pad)
-            ax.set_ylim(lo - pad, hi + pad)
-        ax.set_xlabel(f"in-domain {split} accuracy (%)")
-        ax.set_ylabel(f"accuracy on “{plain(extra)}” (%)")
-        ax.set_title(f"Shift to “{plain(extra)}”", fontsize=11)
-        ax.set_aspect("equal", adjustable="box")
-        _style(ax)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside right center", frameon=False, fontsize=9)
-    return fig
 
 
 # --------------------------------------------------------------------------------------------
