@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Each does its own set-up.
-.PHONY: setup demo test test-all lint format
+.PHONY: setup demo test test-all lint format lock
 
 setup:
 	@bash scripts/setup.sh
@@ -24,3 +24,7 @@ lint:
 format:
 	.venv/bin/ruff format src tests benchmarks scripts
 	.venv/bin/ruff check --fix src tests benchmarks scripts
+
+# Refresh constraints.txt from pyproject.toml's ranges (a fresh environment, newest versions).
+lock:
+	@bash scripts/lock.sh

@@ -21,11 +21,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 
-# Reinstall only when the dependency list changed.
-stamp=".venv/.graft-deps-$(sha256sum pyproject.toml | cut -c1-16)"
+# Reinstall only when the dependency list or the lock changed. Every version comes from
+# constraints.txt (the tested environment; `make lock` refreshes it), so every machine installs
+# the same; pyproject.toml keeps ranges, since graft is also a library.
+stamp=".venv/.graft-deps-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "installing graft and its dependencies into .venv (about 2 minutes the first time)"
-  quiet_pip .venv/bin/python -m pip install -q -e ".[dev]"
+  quiet_pip .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
   rm -f .venv/.graft-deps-*
   touch "$stamp"
 fi

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -254,17 +254,10 @@ class OptimizerFactory:
 
     def build(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         """The optimizer over ready-made parameter groups."""
-        return build_optimizer(
-            self.name,
-            groups,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            momentum=self.momentum,
-            nesterov=self.nesterov,
-            betas=self.betas,
-            eps=self.eps,
-            decoupled_weight_decay=self.decoupled_weight_decay,
-        )
+        # Every field but these two is a keyword argument of build_optimizer, by the same name.
+        options = {f.name: getattr(self, f.name) for f in fields(self)}
+        del options["name"], options["body_weight_decay"]
+        return build_optimizer(self.name, groups, **options)
 
     @property
     def closure_based(self) -> bool:

@@ -69,6 +69,18 @@ class Step:
     skipped: str | None = None
     config: dict[str, Any] | None = None
 
+    def reused_as_final(self, note: str) -> Step:
+        """This step's run delivered as the final model; ``note`` says why."""
+        return Step(
+            "final",
+            self.strategy,
+            self.val_accuracy,
+            self.test_accuracy,
+            epochs=self.epochs,
+            run_dir=self.run_dir,
+            skipped=note,
+        )
+
 
 class Auto:
     """The state of one ``graft auto`` run."""
@@ -140,15 +152,7 @@ class Auto:
         if winner.strategy == "linear_probe" and not search_info.get("improved"):
             # The probe already trained on the whole training set: rerunning it changes nothing.
             self.log("final: the probe run is the final model (same config, whole training set)")
-            final = Step(
-                "final",
-                winner.strategy,
-                winner.val_accuracy,
-                winner.test_accuracy,
-                epochs=winner.epochs,
-                run_dir=winner.run_dir,
-                skipped=f"reused {winner.run_dir}",
-            )
+            final = winner.reused_as_final(f"reused {winner.run_dir}")
         else:
             final = self.final(best_config, winner)
             final = self.keep_better(final, probe)
@@ -165,15 +169,7 @@ class Auto:
             f"final: the linear probe ({probe.val_accuracy:.4f}) beats the fine-tuned model "
             f"({final.val_accuracy:.4f}) on validation; the probe is the final model"
         )
-        return Step(
-            "final",
-            probe.strategy,
-            probe.val_accuracy,
-            probe.test_accuracy,
-            epochs=probe.epochs,
-            run_dir=probe.run_dir,
-            skipped=f"kept the probe over {final.run_dir}",
-        )
+        return probe.reused_as_final(f"kept the probe over {final.run_dir}")
 
     def _log_plan(self, base: dict[str, Any]) -> None:
         d = base["data"]
@@ -348,14 +344,7 @@ class Auto:
             )
             done = [s for s in self.steps if s.run_dir and s.step in ("probe", "screen")]
             best = max(done, key=lambda s: s.val_accuracy or 0.0)
-            return Step(
-                "final",
-                best.strategy,
-                best.val_accuracy,
-                best.test_accuracy,
-                run_dir=best.run_dir,
-                skipped="reused " + str(best.run_dir),
-            )
+            return best.reused_as_final(f"reused {best.run_dir}")
         config = with_sections(config, train={"epochs": epochs})
         self.log(
             f"final: {config['strategy']['name']}, {epochs} epochs on {n} examples "

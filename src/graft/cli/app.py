@@ -27,6 +27,7 @@ from graft.cli import (
     listing,
     lr_find,
     predict,
+    report,
     search,
     validate,
 )
@@ -50,8 +51,22 @@ examples:
 """
 
 
-# In the order `graft --help` lists them; each module adds its own parser(s).
-COMMAND_MODULES = (fit, validate, evaluate, predict, lr_find, demo, compare, search, auto, listing)
+# In the order `graft --help` lists them. Each module declares NAME, add_arguments(parser) and
+# run(args) -> exit code; its docstring's first line is the command's help, the rest its
+# description.
+COMMAND_MODULES = (
+    fit,
+    validate,
+    evaluate,
+    predict,
+    lr_find,
+    demo,
+    compare,
+    report,
+    search,
+    auto,
+    listing,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for module in COMMAND_MODULES:
-        module.add_parser(sub)
+        summary, _, details = (module.__doc__ or "").partition("\n\n")
+        help_ = summary.strip().rstrip(".")
+        help_ = help_[0].lower() + help_[1:]
+        description = " ".join(details.split()) or summary.strip()
+        p = sub.add_parser(module.NAME, help=help_, description=description)
+        module.add_arguments(p)
+        p.set_defaults(handler=module.run)
     return parser
 
 

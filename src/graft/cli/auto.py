@@ -1,21 +1,21 @@
-"""``graft auto DATA --budget 15m``: probe, screen, search and train within one budget."""
+"""Automated fine-tuning within a wall-time budget: probe, screen, search, train.
+
+DATA is a named dataset (see `graft list datasets`) or a path (image folder, CSV/TSV/JSONL,
+IDX). Picks a backbone for the data type, screens strategies cheaply (a linear probe on cached
+features first, then short runs), searches around the winner, trains the final model and writes
+a report, all within --budget.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from graft.cli.options import Subparsers, add_quiet, add_table_options
+from graft.cli.options import add_quiet, add_table_options, table_options
+
+NAME = "auto"
 
 
-def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "auto",
-        help="automated fine-tuning within a wall-time budget: probe, screen, search, train",
-        description="DATA is a named dataset (see `graft list datasets`) or a path (image folder, "
-        "CSV/TSV/JSONL, IDX). Picks a backbone for the data type, screens strategies cheaply (a "
-        "linear probe on cached features first, then short runs), searches around the winner, "
-        "trains the final model and writes a report, all within --budget.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="a named dataset or a path")
     p.add_argument(
         "overrides", nargs="*", help="dotted.key=value set on every run, e.g. train.batch_size=64"
@@ -31,7 +31,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--output", default="runs", help="where the auto directory goes (runs)")
     p.add_argument("--name", help="the auto directory's name (default: auto-DATA)")
     add_quiet(p)
-    p.set_defaults(handler=run, takes_overrides=True)
+    p.set_defaults(takes_overrides=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,10 +47,7 @@ def run(args: argparse.Namespace) -> int:
         test_size=args.test_size,
         image_size=args.image_size,
         max_length=args.max_length,
-        format=args.format,
-        labels_path=args.labels_path,
-        text_column=args.text_column,
-        label_column=args.label_column,
+        **table_options(args),
         output=args.output,
         name=args.name,
         quiet=args.quiet,

@@ -1,22 +1,19 @@
-"""``graft demo``: the README's main job, two real fine-tunes with reports."""
+"""Fine-tune MiniLM on VADER sentiment and EfficientNet-Lite0 on Fashion-MNIST.
+
+Two real fine-tunes of real pretrained models on real data (subsets sized for a few minutes on a
+2-core CPU), each with a report. Run from the repository root.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from graft.cli.options import Subparsers
+NAME = "demo"
 
 
-def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="fine-tune MiniLM on VADER sentiment and EfficientNet-Lite0 on Fashion-MNIST",
-        description="Two real fine-tunes of real pretrained models on real data (subsets sized "
-        "for a few minutes on a 2-core CPU), each with a report. Run from the repository root.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", default="configs", help="folder with the demo configs")
     p.add_argument("--output", default="runs/demo", help="where the run directories go")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

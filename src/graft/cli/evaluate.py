@@ -1,21 +1,21 @@
-"""``graft eval MODEL --dataset NAME | --path FILE``: a saved model's metrics on labeled data."""
+"""Evaluate a saved model on a labeled dataset.
+
+Accuracy, macro-F1, per-class scores and the confusion matrix of a saved model on labeled data.
+The data's labels must be among the model's classes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from graft.cli.options import Subparsers, add_model, add_table_options
+from graft.cli.options import add_model, add_table_options, table_options
 from graft.errors import UsageError
 
+NAME = "eval"
 
-def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="evaluate a saved model on a labeled dataset",
-        description="Accuracy, macro-F1, per-class scores and the confusion matrix of a saved "
-        "model on labeled data. The data's labels must be among the model's classes.",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model(p)
     g = p.add_argument_group("data (a named set, or a file/folder)")
     g.add_argument("--dataset", help="a named real dataset (see `graft list datasets`)")
@@ -23,7 +23,6 @@ def add_parser(sub: Subparsers) -> None:
     g.add_argument("--path", help="an image folder, IDX images file, or CSV/TSV/JSONL file")
     add_table_options(g)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,13 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset and split is None:
         split = "test" if "test" in get_dataset(args.dataset).splits else None
     examples = load_examples(
-        dataset=args.dataset,
-        split=split,
-        format=args.format,
-        path=args.path,
-        labels_path=args.labels_path,
-        text_column=args.text_column,
-        label_column=args.label_column,
+        dataset=args.dataset, split=split, path=args.path, **table_options(args)
     )
     metrics = loaded.evaluate(examples)
     names = list(loaded.label_map.names)

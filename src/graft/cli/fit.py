@@ -1,21 +1,21 @@
-"""``graft fit CONFIG [k=v …]``: one fine-tuning run, or ``--resume`` of an interrupted one."""
+"""Fine-tune a pretrained backbone as a YAML config says.
+
+Fine-tune: load data and backbone, run the strategy's plan with evaluation each epoch, keep the
+best epoch, evaluate on test and extra sets, save the model, and write a report. Overrides are
+dotted key=value pairs, e.g. optim.lr=3e-4.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from graft.cli.options import Subparsers, add_config, add_quiet
+from graft.cli.options import add_config, add_quiet
 from graft.errors import UsageError
 
+NAME = "fit"
 
-def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "fit",
-        help="fine-tune a pretrained backbone as a YAML config says",
-        description="Fine-tune: load data and backbone, run the strategy's plan with evaluation "
-        "each epoch, keep the best epoch, evaluate on test and extra sets, save the model, and "
-        "write a report. Overrides are dotted key=value pairs, e.g. optim.lr=3e-4.",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config(p)
     p.add_argument(
         "--resume",
@@ -36,7 +36,6 @@ def add_parser(sub: Subparsers) -> None:
         help="deterministic algorithms only (same as train.deterministic=true)",
     )
     add_quiet(p)
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,16 +1,14 @@
-"""``graft list strategies | datasets | backbones``: what graft knows by name."""
+"""List backbone families, strategies or datasets."""
 
 from __future__ import annotations
 
 import argparse
 
-from graft.cli.options import Subparsers
+NAME = "list"
 
 
-def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser("list", help="list backbones families, strategies or datasets")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=["strategies", "datasets", "backbones"])
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,26 +1,24 @@
-"""``graft lr-find CONFIG``: an exponential learning-rate sweep with a plot and a suggestion."""
+"""Sweep the learning rate and suggest one (Smith 2017).
+
+Train the plan's first phase for a few batches at exponentially growing learning rates, restore
+the model, plot loss against LR and suggest optim.lr. Writes no run directory.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from graft.cli.options import Subparsers, add_config
+from graft.cli.options import add_config
 from graft.errors import UsageError
 
+NAME = "lr-find"
 
-def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "lr-find",
-        help="sweep the learning rate and suggest one (Smith 2017)",
-        description="Train the plan's first phase for a few batches at exponentially growing "
-        "learning rates, restore the model, plot loss against LR and suggest optim.lr. "
-        "Writes no run directory.",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config(p, "the run config (YAML)")
     p.add_argument("--steps", type=int, default=100, help="sweep length in batches")
     p.add_argument("--plot", default="lr_find.png", help="where to write the plot (PNG)")
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from graft.errors import UsageError
 
-DATA_FORMATS = ["image_folder", "idx", "csv", "tsv", "jsonl"]
+DATA_FORMATS = ["image_folder", "idx", "csv", "tsv", "jsonl"]  # graft.data.sources.FORMATS
 
 
 class Parser(argparse.ArgumentParser):
@@ -18,9 +18,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         raise UsageError(message, hint=f"see `{self.prog} --help`")
-
-
-Subparsers = argparse._SubParsersAction  # the type argparse gives no public name
 
 
 def add_config(
@@ -42,6 +39,16 @@ def add_table_options(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> N
     g.add_argument("--labels-path", help="the IDX labels file")
     g.add_argument("--text-column", default="text", help="the text column of a table (text)")
     g.add_argument("--label-column", default="label", help="the label column of a table (label)")
+
+
+def table_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The values of :func:`add_table_options`, as :func:`graft.data.load_examples` takes them."""
+    return {
+        "format": args.format,
+        "labels_path": args.labels_path,
+        "text_column": args.text_column,
+        "label_column": args.label_column,
+    }
 
 
 def add_model(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,8 @@
-"""``graft predict MODEL INPUT…``: the class of each image file or text."""
+"""Predict the class of images or texts with a saved model.
+
+Each INPUT is an image file (image models) or a text (text models); for a text model, `-` reads
+one text per line from standard input.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from graft.cli.options import Subparsers, add_model
+from graft.cli.options import add_model
 from graft.data.types import Examples
 
+NAME = "predict"
 
-def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="predict the class of images or texts with a saved model",
-        description="Each INPUT is an image file (image models) or a text (text models); for a "
-        "text model, `-` reads one text per line from standard input.",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model(p)
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
-    p.set_defaults(handler=run)
 
 
 def read_inputs(model_modality: str, inputs: Sequence[str]) -> tuple[list[str], Examples]:

@@ -1,22 +1,22 @@
-"""``graft search CONFIG``: a hyperparameter search (Optuna) over any config field."""
+"""Hyperparameter search (grid, random, TPE, CMA-ES; pruning) over any config field.
+
+A config with a `search:` section (space, n_trials/timeout, metric, sampler, pruner) runs one
+`graft fit` per trial in output.dir/search-NAME/ with Optuna; weak trials are pruned from their
+per-epoch validation metric. Writes best_config.yaml, search.json and report.html. The study
+lives in study.db there, or in --storage.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from graft.cli.options import Subparsers, add_config, add_quiet
+from graft.cli.options import add_config, add_quiet
 from graft.errors import UsageError
 
+NAME = "search"
 
-def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "search",
-        help="hyperparameter search (grid, random, TPE, CMA-ES; pruning) over any config field",
-        description="A config with a `search:` section (space, n_trials/timeout, metric, sampler, "
-        "pruner) runs one `graft fit` per trial in output.dir/search-NAME/ with Optuna; weak "
-        "trials are pruned from their per-epoch validation metric. Writes best_config.yaml, "
-        "search.json and report.html. The study lives in study.db there, or in --storage.",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config(p, "a run config (YAML) with a search: section")
     p.add_argument("--n-trials", type=int, help="total trials (overrides search.n_trials)")
     p.add_argument("--timeout", help="wall-time budget, e.g. 15m (overrides search.timeout)")
@@ -34,7 +34,6 @@ def add_parser(sub: Subparsers) -> None:
         "--join", action="store_true", help="add workers to a running search (another machine)"
     )
     add_quiet(p)
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,24 +1,22 @@
-"""``graft validate CONFIG [k=v …]``: everything a run would build and check; nothing written."""
+"""Check a config: build its data, backbone, plan and optimizer; write nothing.
+
+Build everything `graft fit` would (data and splits, backbone, plan, loaders, optimizer,
+schedule, loss) and print the plan table of each phase; a compare: or search: block is checked
+too. Exits 0 if a run could start, with the error a run would give if not. Writes nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from graft.cli.options import Subparsers, add_config, add_quiet
+from graft.cli.options import add_config, add_quiet
+
+NAME = "validate"
 
 
-def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser(
-        "validate",
-        help="check a config: build its data, backbone, plan and optimizer; write nothing",
-        description="Build everything `graft fit` would (data and splits, backbone, plan, "
-        "loaders, optimizer, schedule, loss) and print the plan table of each phase; a compare: "
-        "or search: block is checked too. Exits 0 if a run could start, with the error a run "
-        "would give if not. Writes nothing.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config(p)
     add_quiet(p)
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
