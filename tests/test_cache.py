@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import graft.cache
 from graft.cache import FeatureBatches, head_only
 from graft.config import validate
 from graft.run import fit
@@ -48,14 +50,55 @@ def _assert_same_losses(a: list[dict], b: list[dict]) -> None:
             assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-5), key
 
 
+def _weights(tmp_path: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(tmp_path / name / "model" / "model.safetensors"))
+
+
+def _assert_same_model(tmp_path: Path, a: str, b: str) -> None:
+    """The saved weights agree to float rounding, and so does every test prediction (the
+    confusion matrix counts them)."""
+    wa, wb = _weights(tmp_path, a), _weights(tmp_path, b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], rtol=1e-4, atol=1e-5), key
+    ra, rb = (json.loads((tmp_path / n / "results.json").read_text()) for n in (a, b))
+    assert ra["test"]["confusion_matrix"] == rb["test"]["confusion_matrix"]
+    assert ra["test"]["loss"] == pytest.approx(rb["test"]["loss"], rel=1e-4)
+
+
 def test_linear_probe_cached_equals_uncached(tmp_path: Path) -> None:
     strategy = {"name": "linear_probe"}
     cached, cached_log = _run(tmp_path, "cached", True, strategy)
     plain, plain_log = _run(tmp_path, "plain", False, strategy)
     assert "feature cache" in cached_log and "feature cache" not in plain_log
     _assert_same_losses(cached, plain)
+    _assert_same_model(tmp_path, "cached", "plain")
     # The head did learn something: the two epochs differ.
     assert cached[0]["train_loss"] != cached[1]["train_loss"]
+
+
+def test_memory_mapped_features_train_the_same_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Features past IN_MEMORY_LIMIT live in a memory-mapped file: the probe trained on them is
+    bit-identical to the one trained on features in RAM."""
+    strategy = {"name": "linear_probe"}
+    _run(tmp_path, "ram", True, strategy)
+    monkeypatch.setattr(graft.cache, "IN_MEMORY_LIMIT", 0)
+    stored: list[torch.Tensor] = []
+    real = graft.cache._storage
+
+    def spy(n: int, dim: int) -> torch.Tensor:
+        stored.append(real(n, dim))
+        return stored[-1]
+
+    monkeypatch.setattr(graft.cache, "_storage", spy)
+    _run(tmp_path, "mapped", True, strategy)
+    assert stored and all(hasattr(s, "_graft_file") for s in stored)  # on disk, not in RAM
+    wa, wb = (
+        load_file(str(tmp_path / n / "model" / "model.safetensors")) for n in ("ram", "mapped")
+    )
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_cache_is_recomputed_after_a_group_thaws(tmp_path: Path) -> None:
@@ -70,6 +113,7 @@ def test_cache_is_recomputed_after_a_group_thaws(tmp_path: Path) -> None:
     plain, _ = _run(tmp_path, "plain", False, strategy)
     assert cached_log.count("feature cache") == 2  # once per head-only phase
     _assert_same_losses(cached, plain)
+    _assert_same_model(tmp_path, "cached", "plain")
 
 
 def test_head_only_detects_phases() -> None:
@@ -91,6 +135,7 @@ def test_partial_prefix_cache_equals_uncached(tmp_path: Path) -> None:
     plain, plain_log = _run(tmp_path, "plain", False, strategy)
     assert "prefix cache:" in cached_log and "prefix cache" not in plain_log
     _assert_same_losses(cached, plain)
+    _assert_same_model(tmp_path, "cached", "plain")
 
 
 def test_gradual_recuts_the_prefix_each_phase(tmp_path: Path) -> None:
@@ -101,6 +146,7 @@ def test_gradual_recuts_the_prefix_each_phase(tmp_path: Path) -> None:
     assert cached_log.count("feature cache:") == 1
     assert cached_log.count("prefix cache:") == 3
     _assert_same_losses(cached, plain)
+    _assert_same_model(tmp_path, "cached", "plain")
 
 
 def test_text_prefix_cache_equals_uncached(tmp_path: Path, tiny_bert_dir: Path) -> None:

@@ -182,6 +182,37 @@ def test_significance_paired_welch_and_undecidable() -> None:
     assert compare_to_best({0: 0.9, 1: 0.8}, {0: 0.9, 1: 0.8}).p == 1.0
 
 
+def _t2_two_sided_p(t: float) -> float:
+    """Student's t with 2 degrees of freedom has a closed form, F(t) = 1/2 + t / (2√(t² + 2)):
+    the two-sided p of |t| is 1 − |t| / √(t² + 2). No scipy involved."""
+    return 1.0 - abs(t) / math.sqrt(t * t + 2.0)
+
+
+def test_statistics_match_values_worked_out_by_hand() -> None:
+    """Known answers, from the closed form of the t distribution with 2 degrees of freedom."""
+    # t(0.975; 2) = (2p − 1) / √(2p(1 − p)) = 0.95 / √0.04875 = 4.302652...
+    s = describe([0.80, 0.82, 0.84])
+    assert s.mean == pytest.approx(0.82) and s.std == pytest.approx(0.02)
+    half = 0.95 / math.sqrt(0.04875) * 0.02 / math.sqrt(3)
+    assert half == pytest.approx(0.049683, abs=1e-6)
+    assert (s.low, s.high) == (pytest.approx(0.82 - half), pytest.approx(0.82 + half))
+    # Paired by seed: differences 0.02, 0.01, 0.04 have mean 0.07/3 and std √(7/30000), so
+    # t = √7 and p = 1 − √7/3 = 0.118083... The seeds are given in different orders: only a
+    # pairing by seed number gives this p (by position the differences would be 0.02, 0.02,
+    # 0.03: t = 7 and p = 1 − 7/√51 = 0.0198).
+    best = {1: 0.82, 0: 0.80, 2: 0.84}
+    other = {2: 0.80, 0: 0.78, 1: 0.81}
+    paired = compare_to_best(best, other)
+    assert paired.kind == "paired t-test"
+    assert paired.p == pytest.approx(1 - math.sqrt(7) / 3, abs=1e-9)
+    assert paired.p == pytest.approx(_t2_two_sided_p(math.sqrt(7)), abs=1e-12)
+    # Welch with two values each and equal variances has exactly 2 degrees of freedom:
+    # t = 0.10 / √(1e-4 + 1e-4) = 5√2, p = 1 − 5/√26 = 0.019419...
+    welch = compare_to_best({0: 0.90, 1: 0.92}, {5: 0.80, 6: 0.82})
+    assert welch.kind == "Welch t-test"
+    assert welch.p == pytest.approx(1 - 5 / math.sqrt(26), abs=1e-9)
+
+
 def _record(label: str, seed: int, acc: float, extra: float | None = None) -> RunRecord:
     results: dict[str, Any] = {
         "strategy": label,

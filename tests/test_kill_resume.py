@@ -43,6 +43,8 @@ TOTAL_STEPS = STEPS_PER_EPOCH * EPOCHS
 TIMING = {"epoch_time_s", "samples_per_s", "time_s", "wall_time_s", "peak_rss_mb", "date"}
 SEED = int(os.environ.get("GRAFT_KILL_SEED", time.time_ns() % 1_000_000))
 print(f"kill points drawn with GRAFT_KILL_SEED={SEED}")
+# Shown with any failure of this module (tests/conftest.py): the draws it needs to be repeated.
+FAILURE_NOTE = f"kill points were drawn with GRAFT_KILL_SEED={SEED}; set it to draw them again"
 
 # Forks one `graft fit` per job line read on stdin; answers {"pid"} when it starts and {"pid",
 # "code"} when it ends (code: exit status, or -signal when a signal ended it).
@@ -57,6 +59,18 @@ for line in sys.stdin:
     pid = os.fork()
     if pid == 0:
         os.setpgid(0, 0)  # its own process group, like a job started from a shell
+        if job.get("stall"):  # stop for good just before or after a named function, marked
+            import importlib, time
+            module_name, name, when = job["stall"]
+            module = importlib.import_module(module_name)
+            real = getattr(module, name)
+            def stalled(*args, _real=real, _when=when, **kwargs):
+                if _when == "before":
+                    open(job["marker"], "w").close(); time.sleep(3600)
+                out = _real(*args, **kwargs)
+                open(job["marker"], "w").close(); time.sleep(3600)
+                return out
+            setattr(module, name, stalled)
         out = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(out, 1)
         os.dup2(out, 2)
@@ -99,9 +113,11 @@ class Zygote:
             raise RuntimeError(f"the zygote ended (exit {self.proc.wait()})")
         return json.loads(line)
 
-    def start(self, argv: list[str], log: Path) -> int:
+    def start(self, argv: list[str], log: Path, **job: Any) -> int:
+        """Fork a run of ``argv``; ``stall=(module, function, "before"|"after")`` and
+        ``marker=PATH`` make it stop for good at that point, after creating ``marker``."""
         stdin: IO[str] = self.proc.stdin  # type: ignore[assignment]
-        stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
+        stdin.write(json.dumps({"argv": argv, "log": str(log), **job}) + "\n")
         stdin.flush()
         return int(self._read(120)["pid"])
 
@@ -321,6 +337,52 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(
         assert load_checkpoint(run_dir)["state"]["phase"] >= 1
     resume_to_end(zygote, path, run_dir, log)
     assert_bit_identical(run_dir, references[strategy])
+
+
+@pytest.mark.parametrize("last", [1, 0])
+def test_sigkill_in_the_last_two_steps_then_resume_is_bit_identical(
+    zygote: Zygote, references: dict[str, Path], tmp_path: Path, last: int
+) -> None:
+    """A kill in the second-to-last or the last step (then the final epoch's evaluation and the
+    finish follow: a kill up to 20 ms later lands in one of them)."""
+    path = write_yaml(tmp_path / "run.yaml", config(tmp_path, "run", "full", checkpoint_every=3))
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    kill_at(zygote, fit_argv(path), run_dir, log, TOTAL_STEPS - last, in_write=False)
+    assert not (run_dir / "report.html").exists()
+    resume_to_end(zygote, path, run_dir, log)
+    assert_bit_identical(run_dir, references["full"])
+
+
+# The finish, stage by stage: the final evaluation, the saved model, results.json (the commit
+# point; the clean-up and the report follow it).
+FINISH_STAGES = [
+    ("graft.run", "_final_results", "before"),
+    ("graft.run", "save_model", "after"),
+    ("graft.run", "_close", "before"),
+]
+
+
+@pytest.mark.parametrize("stage", FINISH_STAGES, ids=["final-eval", "model-saved", "results"])
+def test_sigkill_during_the_finish_then_resume_completes_it_identically(
+    zygote: Zygote,
+    references: dict[str, Path],
+    tmp_path: Path,
+    stage: tuple[str, str, str],
+) -> None:
+    """Killed inside the finishing stage, a run is completed by ``--resume`` to the same model,
+    results and report as an uninterrupted one (results.json is written last of what counts;
+    the clean-up and the report after it are redone)."""
+    path = write_yaml(tmp_path / "run.yaml", config(tmp_path, "run", "full"))
+    run_dir, log, marker = tmp_path / "run", tmp_path / "run.log", tmp_path / "stalled"
+    pid = zygote.start(fit_argv(path), log, stall=list(stage), marker=str(marker))
+    wait_for(marker.exists, f"the run to reach {stage}", timeout=120)
+    os.kill(pid, signal.SIGKILL)
+    assert zygote.wait() == -signal.SIGKILL
+    assert not (run_dir / "report.html").exists()
+    assert (run_dir / "results.json").exists() == (stage[1] == "_close")
+    resume_to_end(zygote, path, run_dir, log)
+    assert_bit_identical(run_dir, references["full"])
+    assert (run_dir / "report.html").is_file() and not (run_dir / "best.safetensors").exists()
 
 
 def test_many_kills_inside_checkpoint_writes(

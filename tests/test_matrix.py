@@ -26,12 +26,32 @@ STRATEGIES = [s for s in strategies() if s != "custom"]
 
 
 def _trained_ids(backbone: Any, plan: Plan) -> set[int]:
-    """Parameters that at least one phase trains (as the loop will set them)."""
+    """Parameters that at least one phase trains, as the loop sets them."""
     ids: set[int] = set()
     for phase in plan.phases:
         apply_phase(backbone.groups, phase)
         ids |= {id(p) for p in backbone.model.parameters() if p.requires_grad}
     return ids
+
+
+def expected_to_train(strategy: str, backbone: Any) -> set[str]:
+    """What each strategy trains with its default parameters, stated from the papers' recipes
+    over the layer groups (bottom to top, the head last), not from the plan code."""
+    groups = {g.name: [n for n, _ in g.params] for g in backbone.groups}
+    body = [g.name for g in backbone.groups[:-1]]
+    head = set(groups["head"])
+    every = {n for names in groups.values() for n in names}
+    if strategy in {"full", "discriminative", "gradual", "chain_thaw", "lp_ft"}:
+        return every  # each of these has every group train in some phase
+    if strategy == "linear_probe":
+        return head
+    if strategy == "partial":  # k = 2: the head and the top two body groups
+        return head | {n for g in body[-2:] for n in groups[g]}
+    if strategy == "surgical":  # group 0: the bottom body group, with the head
+        return head | set(groups[body[0]])
+    if strategy == "bitfit":  # every bias of the body, and the whole new head
+        return head | {n for n in every if n.endswith("bias")}
+    raise AssertionError(f"no expectation written for strategy {strategy!r}")
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -42,8 +62,17 @@ def test_only_planned_parameters_change(
     bert = request.getfixturevalue("tiny_bert_dir") if tiny.family == "hf" else None
     backbone = build_tiny(tiny, bert)
     plan = build_plan(strategy, {}, groups=backbone.group_names(), epochs=1)
-    trained = _trained_ids(backbone, plan)
+    expected = expected_to_train(strategy, backbone)
+    by_id = {id(p): n for n, p in backbone.model.named_parameters()}
+    assert {by_id[i] for i in _trained_ids(backbone, plan)} == expected
     before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
+    # BatchNorm statistics of layers with nothing to train stay fixed (eval mode).
+    frozen_bn = {
+        name: {k: b.clone() for k, b in m.named_buffers()}
+        for name, m in backbone.model.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        and not any(f"{name}.{k}" in expected for k, _ in m.named_parameters())
+    }
 
     train_ex = random_examples(backbone.modality, 8, LABELS, seed=1)
     val_ex = random_examples(backbone.modality, 4, LABELS, seed=2)
@@ -68,7 +97,11 @@ def test_only_planned_parameters_change(
         Hooks(),
     )
     for name, p in backbone.model.named_parameters():
-        if id(p) in trained:
+        if name in expected:
             assert not torch.equal(p, before[name]), f"{name} should have trained"
         else:
             assert torch.equal(p, before[name]), f"{name} should be frozen"
+    modules = dict(backbone.model.named_modules())
+    for name, buffers in frozen_bn.items():
+        for key, value in modules[name].named_buffers():
+            assert torch.equal(value, buffers[key]), f"{name}.{key} moved in a frozen layer"

@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -317,6 +320,65 @@ def test_resume_reruns_nothing_finished(
     # A resume of a finished search runs nothing.
     result = search(path, fit_fn=fake_fit, quiet=True, resume=True)
     assert len(call_lines(calls)) == len(before) + 3
+
+
+KILLED_SEARCH = """
+import sys
+sys.path.insert(0, {tests!r})
+import graft.search.study as study
+study.HEARTBEAT_S, study.GRACE_S = 1, 3  # seconds: a dead trial is stale after 3 s
+from test_search import fake_fit
+from graft.search import search
+search({path!r}, fit_fn=fake_fit, quiet=True)
+"""
+
+
+def sigkill_a_search_in_its_third_trial(path: Path, calls: Path) -> None:
+    """A real search process, killed with SIGKILL while its third trial runs: that trial is
+    left RUNNING in the study, as a dead worker leaves it."""
+    env = {**os.environ, CALLS_FILE: str(calls), SLEEP: "0.5"}
+    code = KILLED_SEARCH.format(tests=str(Path(__file__).parent), path=str(path))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.monotonic() + 120
+    while len(call_lines(calls)) < 3:
+        assert proc.poll() is None, f"the search ended first (exit {proc.returncode})"
+        assert time.monotonic() < deadline, "the search did not reach its third trial"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_resume_after_a_real_sigkill_reruns_nothing_finished(tmp_path: Path, calls: Path) -> None:
+    path = search_file(tmp_path, n_trials=5, pruner="none")
+    sigkill_a_search_in_its_third_trial(path, calls)
+    states = [t.state for t in study_of(tmp_path).trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING]
+    before = len(call_lines(calls))
+    result = search(path, fit_fn=fake_fit, quiet=True, resume=True)
+    new = [line.split()[0] for line in call_lines(calls)[before:]]
+    assert new == ["trial-0003", "trial-0004", "trial-0005"]
+    assert result.summary["states"] == {"COMPLETE": 5, "INTERRUPTED": 1}
+    (dead,) = [t for t in study_of(tmp_path).trials if t.state == TrialState.FAIL]
+    assert dead.number == 2 and dead.user_attrs.get("interrupted") is True
+
+
+def test_a_dead_workers_trial_is_failed_by_the_heartbeat_when_workers_join(
+    tmp_path: Path, calls: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--join leaves running trials alone (they may be live elsewhere); Optuna's heartbeat fails
+    the one whose worker died once its heartbeat is older than the grace period, and its budget
+    is spent again."""
+    import graft.search.study as study_module
+
+    path = search_file(tmp_path, n_trials=4, pruner="none")
+    sigkill_a_search_in_its_third_trial(path, calls)
+    monkeypatch.setattr(study_module, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(study_module, "GRACE_S", 3)
+    time.sleep(4.5)  # past the grace period since the dead trial's last heartbeat
+    result = search(path, fit_fn=fake_fit, quiet=True, join=True)
+    assert result.summary["states"] == {"COMPLETE": 4, "INTERRUPTED": 1}
+    (dead,) = [t for t in study_of(tmp_path).trials if t.state == TrialState.FAIL]
+    assert dead.number == 2 and "interrupted" not in dead.user_attrs  # the heartbeat's doing
 
 
 def test_two_workers_on_one_sqlite_study_finish_exactly_n_distinct_trials(

@@ -11,7 +11,9 @@ not exist" below is a real check.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import pickle
 import struct
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,11 @@ import torch
 from conftest import TINY_BACKBONES, build_tiny, tiny_image_run_config, write_yaml
 from safetensors.torch import load_file, save_file
 
+import graft
 from graft.artifact import WEIGHTS, load_model, save_model
 from graft.checkpoint import CHECKPOINT, load_checkpoint
 from graft.cli import main
-from graft.config import BackboneConfig
+from graft.config import BackboneConfig, validate
 from graft.data.types import LabelMap
 from graft.errors import DataError
 
@@ -159,22 +162,64 @@ def test_hf_folder_with_a_malicious_pytorch_bin(
     assert not marker.exists()
 
 
-def test_the_cli_forces_weights_only_for_every_torch_load(
+def _unsafe_library_load(monkeypatch: pytest.MonkeyPatch, evil: Path) -> None:
+    """A library inside the run (as torchvision's hub weights do) loads with weights_only=False
+    while the backbone is built."""
+    import graft.prepare
+
+    real = graft.prepare.build_backbone
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        torch.load(evil, weights_only=False)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(graft.prepare, "build_backbone", build)
+
+
+@pytest.mark.usefixtures("no_forced_weights_only")
+@pytest.mark.parametrize("via", ["python", "cli"])
+def test_every_torch_load_of_a_run_is_weights_only_and_the_environment_is_restored(
     tmp_path: Path,
     marker: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    via: str,
 ) -> None:
-    """Libraries that call torch.load(weights_only=False) (torchvision's hub weights) are covered
-    too: the graft command sets torch's switch that makes every load weights-only."""
-    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
+    """``graft.fit`` from Python and the ``graft`` command alike: a library's unsafe load inside
+    the run is refused (the payload does not run), and the caller's environment is as it was."""
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
-    assert main(["list", "datasets"]) == 0
-    capsys.readouterr()
-    path = malicious_pickle(tmp_path / "evil.pt", marker)
-    with pytest.raises(Exception, match=r"[Ww]eights only load failed"):
-        torch.load(path, weights_only=False)
+    before = dict(os.environ)
+    _unsafe_library_load(monkeypatch, malicious_pickle(tmp_path / "evil.pt", marker))
+    config = tiny_image_run_config({"dataset": "digits"}, tmp_path / "runs")
+    if via == "python":
+        with pytest.raises(pickle.UnpicklingError, match=r"[Ww]eights only load failed"):
+            graft.fit(validate(config), quiet=True)
+    else:
+        assert main(["fit", str(write_yaml(tmp_path / "c.yaml", config))]) == 3
+        err = capsys.readouterr().err
+        assert "error: refused to load a file that holds Python objects" in err
+        assert "Traceback" not in err and "weights_only" not in err
     assert not marker.exists()
+    # The switch is off again (the command's OMP/tokenizer defaults are the process's own).
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+    assert {k: v for k, v in os.environ.items() if "TORCH" in k} == {
+        k: v for k, v in before.items() if "TORCH" in k
+    }
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # outside graft: the caller's choice
+    assert marker.exists()
+
+
+def test_an_explicit_opt_out_is_respected(
+    tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    from graft.safe_load import weights_only_loading
+
+    with weights_only_loading():
+        assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+        torch.load(malicious_pickle(tmp_path / "evil.pt", marker), weights_only=False)
+    assert marker.exists()
 
 
 # --------------------------------------------------------------------------- NaN / Inf weights

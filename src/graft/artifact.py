@@ -8,6 +8,7 @@ Never a pickle of the training objects: weights through safetensors, everything 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,10 @@ import torch
 
 from graft.atomic import atomic_write, atomic_write_text
 from graft.data.types import Examples, LabelMap
-from graft.errors import DataError, GraftError
+from graft.errors import DataError, GraftError, UsageError
 from graft.models import Backbone, rebuild
 from graft.models.hf_backbone import save_tokenizer
-from graft.safe_load import require_finite
+from graft.safe_load import require_finite, weights_mismatch, weights_only_loading
 
 WEIGHTS = "model.safetensors"
 META = "graft_model.json"
@@ -69,10 +70,43 @@ class LoadedModel:
     def modality(self) -> str:
         return self.backbone.modality
 
+    def examples(self, inputs: Examples | Sequence[str | Path]) -> Examples:
+        """``inputs`` as unlabeled examples of this model's kind: texts for a text model, image
+        paths for an image model (or labeled :class:`Examples`, checked to be of its kind)."""
+        if isinstance(inputs, Examples):
+            if inputs.modality != self.modality:
+                kind = "images" if inputs.modality == "image" else "texts"
+                article = "an" if self.modality == "image" else "a"
+                raise DataError(
+                    f"{inputs.origin}: this is {article} {self.modality} model; the data holds "
+                    f"{kind}",
+                    hint=f"give {self.modality} data, or a {inputs.modality} model",
+                )
+            return inputs
+        if isinstance(inputs, str | Path) or not isinstance(inputs, Sequence):
+            raise UsageError(
+                "predict takes a list of inputs (texts or image paths) or Examples, "
+                f"not {type(inputs).__name__}",
+                hint='e.g. model.predict(["a quietly devastating film"])',
+            )
+        items = list(inputs)
+        if not items:
+            raise UsageError("nothing to predict: no inputs were given")
+        if self.modality == "text":
+            texts = [x for x in items if isinstance(x, str) and x.strip()]
+            if len(texts) != len(items):
+                bad = next(
+                    i for i, x in enumerate(items) if not isinstance(x, str) or not x.strip()
+                )
+                raise UsageError(f"input {bad + 1}: a text model needs non-empty texts")
+            return Examples("text", texts, ["?"] * len(texts), "inputs")
+        return Examples("image", [Path(x) for x in items], ["?"] * len(items), "inputs")
+
     def logits(self, examples: Examples, batch_size: int = 64) -> torch.Tensor:
         from graft.pipeline import Loaders
         from graft.runtime import no_grad_eval
 
+        examples = self.examples(examples)
         loaders = Loaders(self.backbone.preprocess, self.backbone.tokenizer, False, 0, 0)
         out = []
         model = self.backbone.model
@@ -85,15 +119,22 @@ class LoadedModel:
         """Classification metrics on labeled examples (labels must be among the model's)."""
         from graft.metrics import classification_metrics
 
+        if not isinstance(examples, Examples):
+            raise UsageError(
+                f"evaluate takes labeled Examples, not {type(examples).__name__}",
+                hint="e.g. graft.data.load_examples(path=...)",
+            )
+        examples = self.examples(examples)  # of this model's kind
         targets = self.label_map.encode(examples.labels, examples.origin)
         logits = self.logits(examples, batch_size)
         loss = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets)))
         preds = logits.argmax(1).numpy()
         return classification_metrics(targets, preds, list(self.label_map.names), loss=loss)
 
-    def predict(self, examples: Examples) -> list[dict[str, Any]]:
-        """Per example: the predicted label, its probability, and all class probabilities."""
-        probs = self.logits(examples).softmax(1).numpy()
+    def predict(self, examples: Examples | Sequence[str | Path]) -> list[dict[str, Any]]:
+        """Per input (texts or image paths, or :class:`Examples`): the predicted label, its
+        probability, and all class probabilities."""
+        probs = self.logits(self.examples(examples)).softmax(1).numpy()
         best = probs.argmax(1)
         return [
             {
@@ -108,7 +149,13 @@ class LoadedModel:
 
 
 def load_model(folder: str | Path) -> LoadedModel:
-    """Load a model folder written by :func:`save_model` (or a run folder containing ``model/``)."""
+    """Load a model folder written by :func:`save_model` (or a run folder containing ``model/``).
+    Every ``torch.load`` on the way is weights-only (see :mod:`graft.safe_load`)."""
+    with weights_only_loading():
+        return _load_model(Path(folder))
+
+
+def _load_model(folder: Path) -> LoadedModel:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -129,7 +176,11 @@ def load_model(folder: str | Path) -> LoadedModel:
         label_map = LabelMap(tuple(labels))
         if spec["num_classes"] != len(label_map):
             raise ValueError(f"{len(label_map)} labels for {spec['num_classes']} model outputs")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+    except KeyError as e:
+        raise DataError(
+            f"{meta_path}: malformed model description: it has no {e.args[0]!r}"
+        ) from None
+    except (json.JSONDecodeError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{meta_path}: malformed model description ({e})") from None
     tokenizer_dir = folder / "tokenizer" if (folder / "tokenizer").is_dir() else None
     try:
@@ -153,9 +204,9 @@ def load_model(folder: str | Path) -> LoadedModel:
         state,
         "the model is damaged (or its training diverged); it cannot predict",
     )
-    try:
-        backbone.model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise DataError(f"{folder / WEIGHTS}: weights do not fit the architecture ({e})") from None
+    mismatch = weights_mismatch(backbone.model.state_dict(), state)
+    if mismatch:  # torch's own message lists every tensor: pages for a swapped file
+        raise DataError(f"{folder / WEIGHTS}: the weights do not fit the architecture: {mismatch}")
+    backbone.model.load_state_dict(state, strict=True)
     backbone.model.eval()
     return LoadedModel(backbone, label_map, meta, folder)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from graft.errors import SaveError
+from graft.errors import SaveError, UsageError
 
 # mkstemp creates files readable by their owner only; give results the usual mode (0644 with the
 # common umask 022). Reading the umask means setting it, so do it once.
@@ -24,9 +25,64 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words: "a folder", "a FIFO", "a character device", ..."""
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def writable_target(path: Path) -> Path:
+    """The file a write of ``path`` replaces: ``path`` itself, or the file a symbolic link at
+    ``path`` points to (the link stays a link). Anything that exists and is not a regular file
+    (a folder, a FIFO, a device such as /dev/full, a socket) is refused: a rename would replace
+    it by a regular file."""
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as e:
+        raise SaveError(f"{path}: cannot be written ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(
+            f"{path}: is {file_kind(mode)}; graft writes regular files only",
+            hint="give the path of a file to create or replace",
+        )
+    return target
+
+
+def check_writable_dir(path: Path, field: str) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written: a part of the
+    path that is a file, a folder without write permission, a file system that refuses (/proc).
+    The probe (a temporary folder, removed at once) leaves nothing behind."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{field}: {path}: {existing} is a file, not a folder")
+    try:
+        probe = tempfile.mkdtemp(prefix=".graft-probe-", dir=existing)
+        os.rmdir(probe)
+    except OSError as e:
+        raise SaveError(
+            f"{field}: {path}: cannot write in {existing} ({e.strerror or e})",
+            hint="choose a folder you can write to",
+        ) from None
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file in the same folder, fsync it,
-    then rename it into place (rename is atomic on POSIX within one file system)."""
+    then rename it into place (rename is atomic on POSIX within one file system). Only a
+    regular file (or a link to one) is replaced: see :func:`writable_target`."""
+    path = writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -17,6 +17,7 @@ from graft.config import RunConfig, load_config, read_yaml
 from graft.console import RunLog
 from graft.phases import apply_phase, group_table
 from graft.prepare import Prepared, prepare
+from graft.safe_load import weights_only_loading
 from graft.strategies import build_plan
 from graft.strategies.plan import Plan
 
@@ -37,7 +38,11 @@ def check_config(
     """Check a config file as ``graft fit`` (and ``compare`` / ``search``, for their blocks)
     would, print the plan table of each phase, and return what was built. Raises the
     :class:`~graft.errors.GraftError` a run would raise."""
-    log = log or RunLog()
+    with weights_only_loading():
+        return _check(path, overrides, log or RunLog())
+
+
+def _check(path: str | Path, overrides: list[str] | tuple[str, ...], log: RunLog) -> Checked:
     data = read_yaml(path)
     search_parameters: list[str] = []
     if "search" in data:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -19,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -26,8 +28,26 @@ from pydantic import (
 from graft.errors import UsageError
 
 
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether a field holds an int or a float (``X | None`` too), and no bool."""
+    kinds = (
+        set(get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else {annotation}
+    )
+    return bool(kinds & {int, float}) and bool not in kinds
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf or nan where a number is asked for (optim.lr=inf would train on NaN weights).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML reads `true` as a boolean, which pydantic would take as 1 (train.epochs=true).
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _takes_numbers(field.annotation):
+            raise ValueError(f"a number is needed, not {str(value).lower()}")
+        return value
 
 
 class SourceConfig(_Strict):
@@ -41,6 +61,9 @@ class SourceConfig(_Strict):
     labels_path: str | None = Field(None, min_length=1)
     text_column: str = "text"
     label_column: str = "label"
+    delimiter: str | None = Field(
+        None, min_length=1, max_length=1, description="CSV: the separator (default: detected)"
+    )
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceConfig:
@@ -308,8 +331,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a mapping, unvalidated; errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder, not a config file", hint="give a YAML file")
+    if not path.exists():
         raise UsageError(f"{path}: config file not found", hint="give the path to a YAML config")
+    if not path.is_file():  # a FIFO would block, a device would be read forever
+        raise UsageError(f"{path}: not a regular file", hint="give the path to a YAML config")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except UnicodeDecodeError as e:
@@ -369,7 +396,7 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif "input" in e and not isinstance(e["input"], dict):

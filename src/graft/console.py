@@ -36,6 +36,10 @@ class RunLog:
 
     def __call__(self, message: str) -> None:
         self.console.print(message, markup=False)
+        self.to_file(message)
+
+    def to_file(self, message: str) -> None:
+        """A line for ``log.txt`` only (the terminal gets it another way, e.g. as the error)."""
         line = f"{time.strftime('%H:%M:%S')} {message}"
         if self.file is None:
             self._pending.append(line)

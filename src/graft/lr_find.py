@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from graft.atomic import atomic_write, check_writable_dir, writable_target
 from graft.errors import UsageError
 from graft.optim import is_closure_optimizer
 
@@ -231,8 +232,7 @@ def plot_lr_find(result: LRFindResult, path: str | Path) -> Path:
         ax.set_ylim(low - pad, high + pad)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     return path
 
 
@@ -245,9 +245,14 @@ def find_lr(
     from graft.console import RunLog
     from graft.phases import apply_phase, set_train_mode
     from graft.prepare import prepare
+    from graft.safe_load import weights_only_loading
 
+    if plot is not None:  # refused before the data is read and the model built
+        writable_target(plot)
+        check_writable_dir(plot.parent, "--plot")
     log = RunLog(quiet=quiet)
-    prep = prepare(config, log)
+    with weights_only_loading():
+        prep = prepare(config, log)
     phase = prep.plan.phases[0]
     apply_phase(prep.backbone.groups, phase)
     model: torch.nn.Module = prep.backbone.model

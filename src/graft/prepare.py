@@ -25,7 +25,7 @@ from graft.console import RunLog
 from graft.data import Splits, get_dataset, load_examples, make_splits
 from graft.data.types import Examples
 from graft.errors import UsageError
-from graft.models import Backbone, ImagePreprocess, build_backbone
+from graft.models import Backbone, ImagePreprocess, build_backbone, check_backbone_name
 from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.phases import apply_phase
 from graft.pipeline import Loaders
@@ -272,6 +272,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     threads = set_threads(config.hardware.threads)
     device = select_device(config.hardware.device)
     seed_everything(config.train.seed)
+    check_backbone_name(config.backbone.name, config.backbone.source)  # before the data is read
     splits = load_splits(config.data)
     log(
         f"data: train {len(splits.train)}, validation {len(splits.validation)}, "

@@ -18,7 +18,17 @@ from graft.atomic import atomic_write_text, remove_stale_temporaries, saving
 from graft.checkpoint import load_checkpoint
 from graft.console import RunLog
 from graft.errors import DataError, UsageError
-from graft.rundir import CHECKPOINT, CONFIG, METRICS, RESULTS, STEPS, read_run_meta
+from graft.rundir import (
+    BEST_WEIGHTS,
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    REPORT,
+    RESULTS,
+    STEPS,
+    read_run_meta,
+)
+from graft.safe_load import weights_mismatch
 from graft.train import TrainState
 
 
@@ -49,15 +59,33 @@ def read_resume(run_dir: Path, digest: str, force: bool, log: RunLog) -> dict[st
             hint="not a graft run directory; start the run without --resume",
         )
     checkpoint = load_checkpoint(run_dir) if has_checkpoint else None
-    recorded = (checkpoint or meta).get("config_hash")
-    if recorded != digest:
-        if not force:
-            raise UsageError(
-                f"{run_dir}: the run was started with a different config",
-                hint=f"compare with {run_dir / CONFIG}; --force resumes anyway",
-            )
-        log(f"warning: resuming {run_dir} with a different config (--force)")
+    check_config(run_dir, (checkpoint or meta).get("config_hash"), digest, force, log)
     return checkpoint
+
+
+def check_config(
+    run_dir: Path, recorded: str | None, digest: str, force: bool, log: RunLog
+) -> None:
+    """Refuse to continue a run with a config other than it started with, unless ``force``."""
+    if recorded == digest:
+        return
+    if not force:
+        raise UsageError(
+            f"{run_dir}: the run was started with a different config",
+            hint=f"compare with {run_dir / CONFIG}; --force resumes anyway",
+        )
+    log(f"warning: resuming {run_dir} with a different config (--force)")
+
+
+def finish_pending(run_dir: Path, keep_checkpoint: bool) -> bool:
+    """Whether a run has its results (it finished training and evaluation) but was killed
+    before the clean-up and report that follow them."""
+    if not (run_dir / RESULTS).is_file():
+        return False
+    leftovers = (run_dir / BEST_WEIGHTS).exists() or (
+        not keep_checkpoint and (run_dir / CHECKPOINT).exists()
+    )
+    return leftovers or not (run_dir / REPORT).is_file()
 
 
 def check_data(
@@ -97,12 +125,12 @@ def resume_state(
     if checkpoint is None:
         log("no checkpoint yet: the run starts over")
     else:
-        try:
-            model.load_state_dict(checkpoint["model"])
-        except RuntimeError as e:
+        mismatch = weights_mismatch(model.state_dict(), checkpoint["model"])
+        if mismatch:
             raise DataError(
-                f"{run_dir / CHECKPOINT}: the weights do not fit this model ({e})"
-            ) from None
+                f"{run_dir / CHECKPOINT}: the weights do not fit this model: {mismatch}"
+            )
+        model.load_state_dict(checkpoint["model"])
         state = TrainState(**checkpoint["state"])
         log(
             f"resuming at epoch {state.epoch + 1}, batch {state.batch} "

@@ -8,10 +8,11 @@ loop's hooks are :class:`graft.recorder.Recorder`; what a resume checks is :mod:
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,25 @@ import torch
 from safetensors.torch import load_file as safetensors_load
 
 from graft.artifact import save_model
-from graft.atomic import atomic_write_text, saving
+from graft.atomic import atomic_write_text, check_writable_dir, saving
 from graft.checkpoint import config_hash, data_fingerprint
-from graft.config import RunConfig, dump_config, load_config
+from graft.config import RunConfig, apply_override, dump_config, load_config, validate
 from graft.console import RunLog
 from graft.data.types import Examples
-from graft.errors import TrainingDiverged
+from graft.errors import DataError, TrainingDiverged, UsageError
 from graft.metrics import classification_metrics, summary_line
 from graft.prepare import Prepared, prepare
 from graft.recorder import Recorder
-from graft.resume import check_data, last_checkpoint, read_resume, resume_state
+from graft.resume import (
+    check_config,
+    check_data,
+    finish_pending,
+    last_checkpoint,
+    read_resume,
+    resume_state,
+)
 from graft.rundir import (
+    BEST_WEIGHTS,
     CHECKPOINT,
     CONFIG,
     LOG,
@@ -41,8 +50,11 @@ from graft.rundir import (
     STEPS,
     find_resumable,
     new_run_dir,
+    read_results,
+    read_run_meta,
 )
 from graft.runtime import deterministic_mode, environment, peak_rss_mb, precision, stop_on_signals
+from graft.safe_load import weights_only_loading
 from graft.train import TrainState, evaluate, train
 
 
@@ -63,7 +75,7 @@ class FitResult:
         return None if test is None else float(test["accuracy"])
 
 
-def _writeread_run_meta(run_dir: Path, config: RunConfig, digests: tuple[str, str]) -> None:
+def _write_run_meta(run_dir: Path, config: RunConfig, digests: tuple[str, str]) -> None:
     atomic_write_text(run_dir / CONFIG, dump_config(config))
     meta = {"config_hash": digests[0], "data_fingerprint": digests[1]}
     atomic_write_text(run_dir / RUN_META, json.dumps(meta))
@@ -75,14 +87,14 @@ def _open_run_dir(config: RunConfig, digests: tuple[str, str]) -> Path:
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     with saving(run_dir, "run directory"):
-        _writeread_run_meta(run_dir, config, digests)
+        _write_run_meta(run_dir, config, digests)
         (run_dir / METRICS).write_text("")
         (run_dir / STEPS).write_text("")
     return run_dir
 
 
 def fit(
-    config: RunConfig | str | Path,
+    config: RunConfig | Mapping[str, Any] | str | Path,
     overrides: list[str] | tuple[str, ...] = (),
     *,
     resume: bool | str | Path = False,
@@ -92,7 +104,8 @@ def fit(
 ) -> FitResult:
     """Fine-tune as the config says; return the run directory and results.
 
-    ``config`` is a :class:`RunConfig` or a YAML path (with dotted ``overrides``). ``resume``:
+    ``config`` is a :class:`RunConfig`, a mapping of config sections, or a YAML path; dotted
+    ``overrides`` apply to any of them. ``resume``:
     ``True`` continues the newest unfinished run with the same config, a path continues that run;
     a different config or different data is refused unless ``force``.
     ``on_epoch(record)`` is called after each epoch's checkpoint with that epoch's metrics
@@ -103,10 +116,30 @@ def fit(
     :class:`~graft.errors.TrainingDiverged` on a NaN/Inf loss (the last good checkpoint kept),
     :class:`~graft.errors.SaveError` when a file cannot be written.
     """
-    if not isinstance(config, RunConfig):
-        config = load_config(config, overrides)
-    with deterministic_mode(config.train.deterministic):
+    config = _as_config(config, overrides)
+    with weights_only_loading(), deterministic_mode(config.train.deterministic):
         return _fit(config, resume, force, quiet, on_epoch)
+
+
+def _as_config(
+    config: RunConfig | Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str, ...]
+) -> RunConfig:
+    """A validated config from what ``fit`` was given. A :class:`RunConfig` is validated again:
+    a copy changed with ``model_copy(update=...)`` skips pydantic's checks."""
+    if isinstance(config, str | Path):
+        return load_config(config, overrides)
+    if isinstance(config, RunConfig):
+        data: dict[str, Any] = config.to_dict()
+    elif isinstance(config, Mapping):
+        data = copy.deepcopy(dict(config))
+    else:
+        raise UsageError(
+            f"fit takes a RunConfig, a mapping or a YAML path, not {type(config).__name__}",
+            hint='e.g. graft.fit("configs/vader_minilm.yaml") or graft.load_config(...)',
+        )
+    for override in overrides:
+        apply_override(data, override)
+    return validate(data)
 
 
 def _fit(
@@ -117,6 +150,7 @@ def _fit(
     on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> FitResult:
     log = RunLog(quiet=quiet)
+    check_writable_dir(Path(config.output.dir), "output.dir")  # before the data is read
     digest = config_hash(config.to_dict())
     checkpoint: dict[str, Any] | None = None
     run_dir: Path | None = None
@@ -126,6 +160,12 @@ def _fit(
             if not isinstance(resume, bool)
             else find_resumable(Path(config.output.dir), config.output.name, digest)
         )
+        if finish_pending(run_dir, config.checkpoint.keep):
+            # Killed after results.json: only the clean-up and the report are left.
+            check_config(run_dir, read_run_meta(run_dir).get("config_hash"), digest, force, log)
+            log.attach(run_dir / LOG)
+            log(f"resuming {run_dir}: the run is finished but for its clean-up and report")
+            return _close(run_dir, read_results(run_dir / RESULTS), config.checkpoint.keep, log)
         checkpoint = read_resume(run_dir, digest, force, log)
     started = time.perf_counter()
     prep = prepare(config, log)
@@ -153,7 +193,7 @@ def _fit(
     state = resume_state(run_dir, checkpoint, model, log) if not fresh else TrainState()
     if not fresh and force:
         with saving(run_dir, "run record"):
-            _writeread_run_meta(run_dir, config, digests)
+            _write_run_meta(run_dir, config, digests)
 
     recorder = Recorder(run_dir, prep, log, digests, quiet, on_epoch)
     try:
@@ -173,8 +213,16 @@ def _fit(
             )
     except TrainingDiverged as e:
         recorder.progress.stop()
+        if not (run_dir / CHECKPOINT).exists():  # nothing to resume from: leave nothing behind
+            if fresh:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise TrainingDiverged(
+                f"{e.message}; it diverged before its first checkpoint, so nothing was kept",
+                hint="lower optim.lr, set train.max_grad_norm, or check the data for extreme "
+                "values",
+            ) from None
         kept = last_checkpoint(run_dir)
-        log(f"error: {e.message}; {kept}")
+        log.to_file(f"error: {e.message}; {kept}")  # the caller reports it (the CLI prints it)
         raise TrainingDiverged(f"{e.message}; {kept}", hint=e.hint) from None
     except BaseException:
         recorder.progress.stop()
@@ -195,7 +243,7 @@ def _finish(
     config, run_dir, log = prep.config, recorder.run_dir, recorder.log
     model = prep.backbone.model
     if config.train.restore_best:  # evaluate and save the best epoch's weights
-        model.load_state_dict(safetensors_load(str(recorder.best_path)))
+        model.load_state_dict(_best_weights(recorder.best_path))
     results = _final_results(prep)
     results.update(
         run=run_dir.name,
@@ -223,16 +271,37 @@ def _finish(
             metrics={k: results[k] for k in ("validation", "test", "extra")},
             provenance={"config_hash": digests[0], "data_fingerprint": digests[1]},
         )
+    # results.json is the commit point: from here on, what is left (clean-up, report) is
+    # redone by --resume if the process dies.
     with saving(run_dir / RESULTS, "results"):
         atomic_write_text(run_dir / RESULTS, json.dumps(results, indent=1))
-    recorder.best_path.unlink(missing_ok=True)
-    if not config.checkpoint.keep:
+    return _close(run_dir, results, config.checkpoint.keep, log)
+
+
+def _close(run_dir: Path, results: dict[str, Any], keep_checkpoint: bool, log: RunLog) -> FitResult:
+    """What follows results.json: drop the best-epoch weights (and the checkpoint, unless kept),
+    write the report, print the summary. Safe to do again after a kill."""
+    (run_dir / BEST_WEIGHTS).unlink(missing_ok=True)
+    if not keep_checkpoint:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     from graft.reports.run import write_run_report
 
     report = write_run_report(run_dir)
     _summary(log, results, run_dir, report)
     return FitResult(run_dir, results)
+
+
+def _best_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+
+    try:
+        return safetensors_load(str(path))
+    except (SafetensorError, OSError) as e:
+        raise DataError(
+            f"{path}: the best epoch's weights are unreadable ({e})",
+            hint="start the run again, or resume with train.restore_best=false to save the "
+            "last epoch's weights instead",
+        ) from None
 
 
 def _final_results(prep: Prepared) -> dict[str, Any]:
@@ -265,4 +334,4 @@ def _summary(log: RunLog, results: dict[str, Any], run_dir: Path, report: Path) 
         f"wall time {results['wall_time_s']:.1f}s, peak memory {results['peak_rss_mb']:.0f} MiB, "
         f"trainable {results['trainable_params']:,} of {results['total_params']:,} parameters"
     )
-    log(f"model: {run_dir / 'model'}   report: {report}")
+    log(f"model: {run_dir / MODEL_DIR}   report: {report}")

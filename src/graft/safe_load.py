@@ -7,13 +7,41 @@ is a :class:`DataError` naming it instead of a crash (or worse) further on.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from graft.errors import DataError
+
+# torch reads these at every torch.load: FORCE makes weights_only=False loads weights-only too.
+_FORCE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_OPT_OUT = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextlib.contextmanager
+def weights_only_loading() -> Iterator[None]:
+    """Inside the block every ``torch.load`` in the process reads tensors and plain data only,
+    also a library's that asks for ``weights_only=False`` (torchvision's hub weights): a pickle
+    from elsewhere cannot run code. The environment is as it was afterwards; a user's explicit
+    opt-out (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) is respected. ``graft.fit``, ``load_model``
+    and every command run inside it."""
+    if _OPT_OUT in os.environ or os.environ.get(_FORCE) == "1":
+        yield
+        return
+    previous = os.environ.get(_FORCE)
+    os.environ[_FORCE] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_FORCE, None)
+        else:
+            os.environ[_FORCE] = previous
 
 
 def load_weights_only(path: Path, what: str, hint: str) -> Any:
@@ -58,3 +86,20 @@ def require_finite(path: Path, tensors: dict[str, Any], hint: str) -> None:
             + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
             hint=hint,
         )
+
+
+def weights_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """How a state dict differs from what a model expects, in one line ("" if it fits)."""
+    missing = [k for k in expected if k not in given]
+    extra = [k for k in given if k not in expected]
+    shapes = [
+        f"{k} {tuple(given[k].shape)} for {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and given[k].shape != v.shape
+    ]
+    parts = [
+        f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+        f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
+        f"{len(shapes)} of another shape (e.g. {shapes[0]})" if shapes else "",
+    ]
+    return "; ".join(p for p in parts if p)

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from graft.atomic import atomic_write_text
+from graft.atomic import atomic_write_text, check_writable_dir
 from graft.auto.budget import FINAL_SHARE, SAFETY, Clock, CostModel
 from graft.auto.setup import (
     AutoOptions,
@@ -141,6 +141,7 @@ class Auto:
     def run(self) -> dict[str, Any]:
         o = self.o
         self.auto_dir = _free_dir(Path(o.output), o.name or f"auto-{Path(o.data).name}")
+        check_writable_dir(self.auto_dir, "--output")
         base = base_config(o, self.info, self.auto_dir)  # checked before anything is written
         self.auto_dir.mkdir(parents=True, exist_ok=True)
         self.log.attach(self.auto_dir / AUTO_LOG)
@@ -442,4 +443,13 @@ def run_auto(options: AutoOptions) -> dict[str, Any]:
     """Run ``graft auto``; return what it wrote to ``auto.json``."""
     if options.budget_s < 10:
         raise UsageError("--budget: at least 10s", hint="e.g. --budget 15m")
+    for flag, value in (
+        ("--train-size", options.train_size),
+        ("--val-size", options.val_size),
+        ("--test-size", options.test_size),
+        ("--image-size", options.image_size),
+        ("--max-length", options.max_length),
+    ):
+        if value is not None and value < 1:  # 0 would silently mean "the default"
+            raise UsageError(f"{flag}: must be at least 1 (got {value})")
     return Auto(options).run()

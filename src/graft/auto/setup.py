@@ -34,6 +34,7 @@ class AutoOptions:
     labels_path: str | None = None
     text_column: str = "text"
     label_column: str = "label"
+    delimiter: str | None = None
     output: str = "runs"
     name: str | None = None
     quiet: bool = False
@@ -59,6 +60,8 @@ def source(o: AutoOptions) -> dict[str, Any]:
         src["labels_path"] = o.labels_path
     if o.format in ("csv", "tsv", "jsonl") or Path(o.data).suffix in (".csv", ".tsv", ".jsonl"):
         src.update(text_column=o.text_column, label_column=o.label_column)
+    if o.delimiter is not None:
+        src["delimiter"] = o.delimiter
     return src
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from graft.cli import (
 )
 from graft.cli.options import Parser
 from graft.errors import GraftError, Interrupted
+from graft.safe_load import weights_only_loading
 
 EXAMPLES = """\
 examples:
@@ -96,11 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # other down 5-75x (measured here: 2 cores); sleeping waits cost nothing measurable when the
     # machine is idle (Lite0 training step 0.457 s vs 0.454 s). Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # Every torch.load in the process (graft's, and libraries' such as torchvision's hub
-    # weights, which pass weights_only=False) reads tensors and plain data only: a pickle from
-    # elsewhere cannot run code. torch reads this at each load. An explicit opt-out is respected.
-    if "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ:
-        os.environ.setdefault("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
     parser = build_parser()
     try:
         args, extras = parser.parse_known_args(argv)
@@ -119,13 +116,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         handler: Callable[[argparse.Namespace], int] = args.handler
-        return handler(args)
+        # Every torch.load while the command runs is weights-only (graft.safe_load).
+        with weights_only_loading():
+            return handler(args)
     except Interrupted as e:  # not an error: the run stopped as asked, with a checkpoint
         print(f"stopped: {e}", file=sys.stderr)
         return e.exit_code
     except GraftError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except pickle.UnpicklingError:  # a library's torch.load met a pickle: refused, not run
+        print(
+            "error: refused to load a file that holds Python objects other than tensors (it was "
+            "not loaded, none of its code ran)\n  hint: use weights from a source you trust, "
+            "saved as safetensors",
+            file=sys.stderr,
+        )
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from graft.data import get_dataset, load_examples
     from graft.metrics import summary_line
 
-    if (args.dataset is None) == (args.path is None):
+    if args.dataset is not None and args.path is not None:
+        raise UsageError("graft eval: give --dataset NAME or --path FILE, not both")
+    if args.dataset is None and args.path is None:
         raise UsageError(
             "graft eval needs one of --dataset NAME or --path FILE",
             hint="e.g. graft eval runs/RUN --dataset vader_tweets",

@@ -39,6 +39,7 @@ def add_table_options(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> N
     g.add_argument("--labels-path", help="the IDX labels file")
     g.add_argument("--text-column", default="text", help="the text column of a table (text)")
     g.add_argument("--label-column", default="label", help="the label column of a table (label)")
+    g.add_argument("--delimiter", help="a CSV file's separator (default: detected from the header)")
 
 
 def table_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,6 +49,7 @@ def table_options(args: argparse.Namespace) -> dict[str, Any]:
         "labels_path": args.labels_path,
         "text_column": args.text_column,
         "label_column": args.label_column,
+        "delimiter": args.delimiter,
     }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from graft.cli.options import add_model
 from graft.data.types import Examples
+from graft.errors import UsageError
 
 NAME = "predict"
 
@@ -24,14 +25,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
 
 
+def _stdin_texts() -> list[str]:
+    """The non-blank lines of standard input, which must be UTF-8 text."""
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UsageError(f"standard input, line {line}: not UTF-8 text") from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
 def read_inputs(model_modality: str, inputs: Sequence[str]) -> tuple[list[str], Examples]:
     """What to show for each input, and the inputs as unlabeled examples of the model's kind."""
     if model_modality == "text":
         texts: list[str] = []
-        for item in inputs:
-            texts += (
-                [line.rstrip("\n") for line in sys.stdin if line.strip()] if item == "-" else [item]
-            )
+        for number, item in enumerate(inputs, start=1):
+            if item == "-":
+                texts += _stdin_texts()
+                continue
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes on the command line
+                raise UsageError(f"INPUT {number}: not UTF-8 text") from None
+            if not item.strip():
+                raise UsageError(f"INPUT {number} is empty: give a text to classify")
+            texts.append(item)
+        if not texts:
+            raise UsageError("no text to predict: standard input held no line of text")
         return texts, Examples("text", texts, ["?"] * len(texts), "command line")
     paths = [Path(p) for p in inputs]
     from graft.data.images import load_image

@@ -55,7 +55,39 @@ def collect_runs(paths: Sequence[str | Path]) -> tuple[list[RunRecord], list[str
         raise DataError(
             "no finished run to report on", hint="a run is finished once it has results.json"
         )
+    check_comparable(records)
     return records, notes
+
+
+def _labels(results: dict[str, object]) -> tuple[str, ...] | None:
+    evaluated = results.get("validation")
+    labels = evaluated.get("labels") if isinstance(evaluated, dict) else None
+    return tuple(str(x) for x in labels) if isinstance(labels, list) else None
+
+
+def check_comparable(records: Sequence[RunRecord]) -> None:
+    """Refuse to put runs side by side that answer different questions: another backbone,
+    other data (the data fingerprint covers every example and label, after splitting) or other
+    classes. Runs of old versions without a field are not judged on it."""
+    facts = {
+        "backbone": lambda r: r.results.get("backbone"),
+        "data": lambda r: r.results.get("data_fingerprint"),
+        "classes": lambda r: _labels(r.results),
+    }
+    for what, fact in facts.items():
+        first: dict[object, Path] = {}  # each value seen, and the first run that has it
+        for record in records:
+            value = fact(record)
+            if value is not None:
+                first.setdefault(value, record.run_dir)
+        if len(first) > 1:
+            (va, a), (vb, b) = list(first.items())[:2]
+            detail = "other examples or labels" if what == "data" else f"{va} and {vb}"
+            raise UsageError(
+                f"{a} and {b} differ in {what} ({detail}): a report compares strategies on the "
+                "same data, backbone and classes",
+                hint="report each group of runs on its own",
+            )
 
 
 def _add(records: list[RunRecord], seen: set[Path], run_dir: Path, label: str, seed: int) -> None:

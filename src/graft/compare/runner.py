@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from graft.atomic import atomic_write_text
+from graft.atomic import atomic_write_text, check_writable_dir
 from graft.compare.records import record_of
 from graft.compare.spec import (
     CompareSpec,
@@ -284,6 +284,7 @@ def run_compare(
     """
     log = RunLog(quiet=quiet)
     compare_dir = compare_dir_for(base, spec, default_name)
+    check_writable_dir(compare_dir, "output.dir")
     runs = plan_runs(base, spec, compare_dir, source)  # every config checked before any run
     resumed = open_compare_dir(compare_dir, manifest(spec, runs, source), resume)
     log.attach(compare_dir / LOG)

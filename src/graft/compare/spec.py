@@ -174,9 +174,11 @@ def spec_from_options(
             for e in spec.strategies
         ]
     if strategies is not None:
-        names = [s.strip() for s in strategies.split(",") if s.strip()]
-        if not names:
+        names = [s.strip() for s in strategies.split(",")]
+        if not any(names):
             raise UsageError("--strategies: give comma-separated names, e.g. full,linear_probe")
+        if "" in names:  # `full,,lp_ft`: item 2 is empty; numbering by position keeps it honest
+            raise UsageError(f"--strategies: item {names.index('') + 1} is empty ({strategies!r})")
         by_key = {e["label"] if "label" in e else e["name"]: e for e in data.get("strategies", [])}
         data["strategies"] = [by_key.get(n, {"name": n}) for n in names]
     if seeds is not None:

@@ -11,6 +11,9 @@ import difflib
 import gzip
 import io
 import json
+import math
+import os
+import stat
 import struct
 import zlib
 from collections.abc import Sequence
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graft.atomic import file_kind
 from graft.data.images import load_image
 from graft.data.types import Examples
 from graft.errors import DataError, UsageError
@@ -25,9 +29,26 @@ from graft.errors import DataError, UsageError
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 TABLE_FORMATS = ("csv", "tsv", "jsonl")
 FORMATS = ("image_folder", "idx", *TABLE_FORMATS)  # what data.*.format may name
-_TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 _FOLDER_HINT = "expected one subfolder per class, e.g. data/cat/*.jpg and data/dog/*.jpg"
+DELIMITERS = (",", ";", "\t", "|")  # what a CSV file's header is searched for
+# Python's csv module refuses fields over 128 KiB by default; a review or an article is longer.
+FIELD_LIMIT = 2**31 - 1
+
+
+def require_file_or_folder(path: Path) -> None:
+    """Refuse a data path that is neither a regular file nor a folder: a FIFO would block the
+    run forever, a device such as /dev/zero would be read until memory runs out."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(
+            f"{path}: is {file_kind(mode)}, not a data file or folder",
+            hint="give a file or a folder",
+        )
 
 
 # --------------------------------------------------------------------------- image folders
@@ -40,14 +61,29 @@ def _hidden(p: Path) -> bool:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, hidden entries skipped), in a stable order."""
+    """Image files under ``folder`` (recursively, hidden entries skipped), in a stable order.
+    Symbolic links to folders are followed (data is often linked in), but a link that leads
+    back to a folder on its own path (a loop) is refused, naming it."""
     out = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
-            out.append(p)
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        here = Path(top)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        real_here = os.path.realpath(here)
+        for d in dirs:
+            target = os.path.realpath(here / d)
+            # A link to this folder or one above it would be walked again and again.
+            if (here / d).is_symlink() and os.path.commonpath([target, real_here]) == target:
+                raise DataError(
+                    f"{here / d}: a symbolic link back into its own folder (a loop)",
+                    hint="remove the link, or point it at a folder outside this one",
+                )
+        out += [
+            here / f
+            for f in files
+            if not f.startswith(".")
+            and Path(f).suffix.lower() in IMAGE_EXTENSIONS
+            and (here / f).is_file()
+        ]
     # Sort by the relative path as a string: the same order on every filesystem.
     return sorted(out, key=lambda p: p.relative_to(folder).as_posix())
 
@@ -216,12 +252,12 @@ def table_format(path: str | Path, format: str | None = None) -> str:
             )
         return format
     suffix = Path(path).suffix.lower()
-    if suffix not in _TABLE_SUFFIXES:
+    if suffix not in TABLE_SUFFIXES:
         raise UsageError(
             f"{path}: cannot tell the table format from the extension {suffix or '(none)'!r}",
             hint=f"name it .csv, .tsv or .jsonl, or give the format ({', '.join(TABLE_FORMATS)})",
         )
-    return _TABLE_SUFFIXES[suffix]
+    return TABLE_SUFFIXES[suffix]
 
 
 def _decode_text(path: Path) -> str:
@@ -280,11 +316,32 @@ def _label_str(value: object) -> str:
     return str(value).strip()
 
 
+def detect_delimiter(text: str) -> str:
+    """The delimiter of a CSV file: of , ; tab and |, the one its first non-blank line (the
+    header) holds most often; a comma when it holds none of them."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    counts = {d: header.count(d) for d in DELIMITERS}
+    best = max(counts, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] else ","
+
+
+def _delimiter_name(delimiter: str) -> str:
+    return {"\t": "a tab", ",": "a comma", ";": "a semicolon", "|": "a bar"}.get(
+        delimiter, repr(delimiter)
+    )
+
+
 def _read_delimited(
-    path: Path, text: str, delimiter: str, text_column: str, label_column: str
+    path: Path, text: str, delimiter: str, text_column: str, label_column: str, detected: bool
 ) -> tuple[list[str], list[str]]:
+    csv.field_size_limit(FIELD_LIMIT)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    col_hint = "name the columns to use with text_column / label_column"
+    seen = f" (read as separated by {_delimiter_name(delimiter)}" + (
+        ", detected from the header)" if detected else ")"
+    )
+    col_hint = "name the columns to use with text_column / label_column" + (
+        "; if the file uses another separator, give it as delimiter" if detected else ""
+    )
     try:
         header = next(reader, None)
         while header is not None and not any(h.strip() for h in header):
@@ -297,7 +354,7 @@ def _read_delimited(
         for kind, col in (("text", text_column), ("label", label_column)):
             if col not in names:
                 raise DataError(
-                    _missing_column(path, kind, col, names, f": line {header_line}"),
+                    _missing_column(path, kind, col, names, f": line {header_line}") + seen,
                     hint=col_hint,
                 )
             if names.count(col) > 1:
@@ -315,14 +372,19 @@ def _read_delimited(
             if len(row) != len(names):
                 raise DataError(
                     f"{path}: line {line}: {len(row)} fields, but the header has {len(names)}",
-                    hint="quote fields that contain the delimiter "
-                    + ("(a tab)" if delimiter == "\t" else "(a comma)"),
+                    hint=f"quote fields that contain the delimiter ({_delimiter_name(delimiter)})",
                 )
             t, lab = row[idx["text"]], row[idx["label"]].strip()
             if not t.strip():
                 raise DataError(f"{path}: line {line}: empty text in column {text_column!r}")
             if not lab:
                 raise DataError(f"{path}: line {line}: empty label in column {label_column!r}")
+            if lab.lower() == "nan":  # what pandas writes for a missing value
+                raise DataError(
+                    f"{path}: line {line}: the label in column {label_column!r} is {lab!r}, "
+                    "a missing value",
+                    hint="give every row its class, or drop the rows without one",
+                )
             texts.append(t)
             labels.append(lab)
     except csv.Error as e:
@@ -375,6 +437,11 @@ def _read_jsonl(
             )
         if not t.strip():
             raise DataError(f"{path}: line {line_no}: empty text in {text_column!r}")
+        if isinstance(lab, float) and not math.isfinite(lab):  # JSON's NaN / Infinity
+            raise DataError(
+                f"{path}: line {line_no}: the label in {label_column!r} is {lab}, not a class",
+                hint="give every row its class, or drop the rows without one",
+            )
         if lab is None or isinstance(lab, (dict, list)) or not _label_str(lab):
             raise DataError(f"{path}: line {line_no}: empty or invalid label in {label_column!r}")
         texts.append(t)
@@ -388,12 +455,15 @@ def read_table(
     text_column: str = "text",
     label_column: str = "label",
     format: str | None = None,
+    delimiter: str | None = None,
 ) -> Examples:
     """Read labeled texts from a CSV, TSV or JSON Lines file (UTF-8, a BOM is tolerated).
 
     The format comes from ``format`` ("csv", "tsv", "jsonl") or the extension (.csv, .tsv,
     .jsonl/.json). CSV/TSV need a header row naming the columns; quoting follows the csv module
-    (RFC 4180). Labels are strings with surrounding whitespace stripped.
+    (RFC 4180), fields of any length. A CSV file's delimiter is ``delimiter``, else detected
+    from its header (comma, semicolon, tab or bar: Excel writes semicolons in many locales).
+    Labels are strings with surrounding whitespace stripped.
     """
     p = Path(path)
     fmt = table_format(p, format)
@@ -401,9 +471,9 @@ def read_table(
     if fmt == "jsonl":
         texts, labels = _read_jsonl(p, text, text_column, label_column)
     else:
-        texts, labels = _read_delimited(
-            p, text, "\t" if fmt == "tsv" else ",", text_column, label_column
-        )
+        detected = fmt == "csv" and delimiter is None
+        sep = "\t" if fmt == "tsv" else delimiter or detect_delimiter(text)
+        texts, labels = _read_delimited(p, text, sep, text_column, label_column, detected)
     if not texts:
         raise DataError(f"{p}: no data rows", hint="expected one labeled text per row")
     return Examples("text", texts, labels, str(p))

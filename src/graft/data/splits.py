@@ -10,20 +10,24 @@ from pathlib import Path
 import numpy as np
 
 from graft.data.named import get_dataset
-from graft.data.sources import read_idx, read_image_folder, read_table
+from graft.data.sources import (
+    FORMATS,
+    TABLE_SUFFIXES,
+    read_idx,
+    read_image_folder,
+    read_table,
+    require_file_or_folder,
+)
 from graft.data.types import Examples, LabelMap, Splits, natural_key
 from graft.errors import DataError, UsageError
-
-FORMATS = ("image_folder", "idx", "csv", "tsv", "jsonl")
-_TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 
 def _infer_format(path: Path, labels_path: Path | None) -> str:
     if path.is_dir():
         return "image_folder"
     suffix = path.suffix.lower()
-    if suffix in _TABLE_SUFFIXES:
-        return _TABLE_SUFFIXES[suffix]
+    if suffix in TABLE_SUFFIXES:
+        return TABLE_SUFFIXES[suffix]
     if labels_path is not None:
         return "idx"  # only IDX comes as a pair of files
     raise UsageError(
@@ -42,6 +46,7 @@ def load_examples(
     labels_path: str | Path | None = None,
     text_column: str = "text",
     label_column: str = "label",
+    delimiter: str | None = None,
 ) -> Examples:
     """Load examples from a named dataset or from the user's own file or folder.
 
@@ -74,7 +79,10 @@ def load_examples(
     p = Path(path)
     if not p.exists():
         raise DataError(f"data path not found: {p}", hint="check the path")
+    require_file_or_folder(p)
     lp = Path(labels_path) if labels_path is not None else None
+    if lp is not None and lp.exists():
+        require_file_or_folder(lp)
     fmt = format or _infer_format(p, lp)
     if lp is not None and fmt != "idx":
         raise UsageError(f"labels_path is only used with the idx format, not {fmt}")
@@ -90,7 +98,11 @@ def load_examples(
         if not lp.exists():
             raise DataError(f"labels file not found: {lp}", hint="check the path")
         return read_idx(p, lp)
-    return read_table(p, text_column=text_column, label_column=label_column, format=fmt)
+    if delimiter is not None and fmt != "csv":
+        raise UsageError(f"delimiter applies to CSV files, not to {fmt}")
+    return read_table(
+        p, text_column=text_column, label_column=label_column, format=fmt, delimiter=delimiter
+    )
 
 
 # --------------------------------------------------------------------------- splitting

@@ -36,6 +36,7 @@ __all__ = [
     "LayerGroup",
     "TextPreprocess",
     "build_backbone",
+    "check_backbone_name",
     "families",
     "rebuild",
     "resolve_source",
@@ -63,6 +64,18 @@ def resolve_source(name: str, source: str = "auto") -> tuple[str, str]:
         hint=(f"did you mean {', '.join(close)}? " if close else "")
         + f"use a known model name or a family prefix ({prefixes})",
     )
+
+
+def check_backbone_name(name: str, source: str = "auto") -> None:
+    """What can be said of a backbone name before anything is loaded (so before the data is
+    read): its family is known, and a Hugging Face name written as a path is a folder."""
+    fam, model_name = resolve_source(name, source)
+    looks_like_path = Path(model_name).is_absolute() or model_name.startswith(("./", "../", "~"))
+    if fam == "hf" and looks_like_path and not Path(model_name).expanduser().is_dir():
+        raise UsageError(
+            f"backbone.name: {name}: no such folder",
+            hint="a local Hugging Face model is a folder with config.json in it",
+        )
 
 
 def build_backbone(

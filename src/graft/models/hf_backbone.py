@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.errors import DataError
+from graft.errors import DataError, UsageError
 from graft.models.base import (
     Backbone,
     GraftModel,
@@ -26,6 +26,7 @@ from graft.models.base import (
     register_family,
 )
 
+DEFAULT_MAX_LENGTH = 128  # tokens, when data.max_length is not given
 # Names that resolve to the offline package (graft.assets) instead of the hub.
 OFFLINE_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -109,7 +110,7 @@ def build_hf(
     pretrained: bool = True,
     head_dropout: float = 0.0,
     pooling: str = "mean",
-    max_length: int = 128,
+    max_length: int | None = None,
     hf_config: dict[str, Any] | None = None,
     tokenizer_dir: str | None = None,
     trust_remote_code: bool = False,
@@ -170,6 +171,14 @@ def build_hf(
         # (and break DistributedDataParallel's "every parameter gets a gradient").
         encoder.pooler = None
     body = TextEncoder(encoder, pooling)
+    limit = max_positions(encoder.config, tokenizer)
+    if max_length is None:  # the default: 128 tokens, or fewer if the model reads fewer
+        max_length = min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
+    elif limit is not None and max_length > limit:  # it would train, then fail on a long text
+        raise UsageError(
+            f"data.max_length: {max_length} tokens, but {name} reads at most {limit}",
+            hint=f"set data.max_length to {limit} or less (longer texts are cut)",
+        )
     hidden = int(encoder.config.hidden_size)
     model = GraftModel(body, Head(hidden, num_classes, head_dropout), "text")
     groups = encoder_groups(encoder, int(encoder.config.num_hidden_layers), "body.encoder.")
@@ -183,6 +192,15 @@ def build_hf(
         "hf_config": encoder.config.to_dict(),
     }
     return Backbone(model, groups, TextPreprocess(max_length), spec, tokenizer=tokenizer)
+
+
+def max_positions(config: Any, tokenizer: Any) -> int | None:
+    """The longest input the model reads, in tokens: its position embeddings, or the
+    tokenizer's limit when that is smaller (RoBERTa's 514 positions hold 512 tokens)."""
+    limits = [getattr(config, "max_position_embeddings", None)]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    usable = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(usable) if usable else None
 
 
 def _first_line(e: BaseException, limit: int = 300) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from graft.atomic import atomic_write_text
+from graft.atomic import atomic_write_text, check_writable_dir, saving, writable_target
 from graft.compare.records import collect_runs
 from graft.compare.spec import MANIFEST, read_manifest
 from graft.compare.stats import (
@@ -492,11 +492,8 @@ def write_compare_report(
     text = render_compare_report(
         records, title=title, report_path=target, notes=notes, spec_text=spec_text
     )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+    with saving(target, "report"):
         atomic_write_text(target, text)
-    except OSError as exc:
-        raise DataError(f"{target}: cannot write the report: {exc}") from exc
     return target
 
 
@@ -504,6 +501,9 @@ def report_from_dirs(
     paths: Sequence[str | Path], output: str | Path = "report.html", title: str | None = None
 ) -> Path:
     """``graft report RUN_DIR...``: the comparison report of existing runs or compares."""
+    output = Path(output)
+    writable_target(output)  # a folder, FIFO or device at the path is refused before any work
+    check_writable_dir(output.parent, "--output")
     records, notes = collect_runs(paths)
     spec_text = None
     if len(paths) == 1 and (Path(paths[0]) / MANIFEST).is_file():

@@ -34,14 +34,15 @@ How the pieces fit:
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graft.atomic import atomic_write_text
+from graft.atomic import atomic_write_text, check_writable_dir
 from graft.console import RunLog
-from graft.errors import UsageError
+from graft.errors import GraftError, UsageError
 from graft.search.space import grid_size
 from graft.search.study import (
     BEST_CONFIG,
@@ -54,6 +55,7 @@ from graft.search.study import (
     effective_n_trials,
     load_search_config,
     n_counted,
+    open_storage,
     quiet_optuna,
     storage_label,
 )
@@ -110,6 +112,10 @@ def search(
         spec = spec.model_copy(update=updates)
     name = study_name or Path(config).stem
     search_dir = Path((base.get("output") or {}).get("dir") or "runs") / f"search-{name}"
+    check_writable_dir(search_dir, "output.dir")
+    if storage is not None:
+        open_storage(storage)  # a bad URL is refused before the search directory exists
+    created = not search_dir.exists()
     search_dir.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     setup = SearchSetup(
@@ -126,9 +132,14 @@ def search(
     )
     quiet_optuna()
     log = RunLog(quiet=quiet)
-    log.attach(search_dir / LOG)
     mode = "resume" if resume else "join" if join else "new"
-    study = create_or_load_study(setup, mode, log)
+    try:
+        study = create_or_load_study(setup, mode, log)
+    except GraftError:
+        if created:  # a usage mistake leaves nothing behind
+            shutil.rmtree(search_dir, ignore_errors=True)
+        raise
+    log.attach(search_dir / LOG)
     if mode == "new":
         atomic_write_text(search_dir / SEARCH_YAML, Path(config).read_text(encoding="utf-8"))
     _log_start(log, setup, study)

@@ -247,6 +247,7 @@ def create_or_load_study(setup: SearchSetup, mode: str, log: RunLog) -> Any:
 
 def _fail_interrupted(study: Any, storage: Any) -> int:
     """Mark the trials a killed search left RUNNING as FAILED (``interrupted``)."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     study_id = storage.get_study_id_from_name(study.study_name)
@@ -257,8 +258,8 @@ def _fail_interrupted(study: Any, storage: Any) -> int:
             storage.set_trial_user_attr(trial_id, "interrupted", True)
             storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             n += 1
-        except Exception:  # finished meanwhile (a live worker elsewhere): nothing to do
-            pass
+        except UpdateFinishedTrialError:  # finished meanwhile (a live worker elsewhere)
+            continue
     return n
 
 
