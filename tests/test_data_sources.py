@@ -366,3 +366,22 @@ def test_table_usage_errors(tmp_path: Path) -> None:
         read_table(p, format="xml")
     with pytest.raises(DataError, match=r"not found"):
         read_table(tmp_path / "none.csv")
+
+
+def test_symlinked_folders_are_followed_and_a_loop_is_refused(tmp_path: Path) -> None:
+    """Data is often linked in: a class folder that is a link, and a link inside one, are read.
+    A link back up to a folder on its own path would be walked forever: refused, named."""
+    elsewhere = tmp_path / "elsewhere"
+    png(elsewhere / "dogs" / "d0.png", grey(10))
+    png(elsewhere / "more" / "c9.png", grey(30))
+    root = tmp_path / "data"
+    png(root / "cat" / "c0.png", grey(20))
+    (root / "dog").symlink_to(elsewhere / "dogs")  # a whole class folder linked in
+    (root / "cat" / "extra").symlink_to(elsewhere / "more")  # a linked subfolder
+    ex = read_image_folder(root)
+    names = sorted(Path(p).relative_to(root).as_posix() for p in ex.inputs)
+    assert names == ["cat/c0.png", "cat/extra/c9.png", "dog/d0.png"]
+    assert sorted(ex.labels) == ["cat", "cat", "dog"]
+    (root / "cat" / "loop").symlink_to(root)
+    with pytest.raises(DataError, match=r"cat/loop: a symbolic link back into its own folder"):
+        read_image_folder(root)

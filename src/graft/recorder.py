@@ -66,9 +66,13 @@ class Recorder:
         path = self.run_dir / STEPS
         with saving(path, "step log"), path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": state.step, "loss": state.losses[-1]}) + "\n")
-        if self.stop.requested or (self._due(state.step) and not epoch_done):
+        # Read the flag once: a signal that arrives between a check and the stop would end the
+        # run without the checkpoint of this step (found by the SIGTERM test's random timing).
+        stop = self.stop.requested
+        if stop or (self._due(state.step) and not epoch_done):
             self.checkpoint(state, opt, sched)
-        self._stop_if_asked(state)
+        if stop:
+            self._stop(state)
 
     def _due(self, step: int) -> bool:
         every, minutes = (
@@ -92,9 +96,8 @@ class Recorder:
         )
         self.last_save = time.monotonic()
 
-    def _stop_if_asked(self, state: TrainState) -> None:
-        if not self.stop.requested:
-            return
+    def _stop(self, state: TrainState) -> None:
+        """End the run after a signal, its checkpoint written: raise :class:`Interrupted`."""
         self.progress.stop()
         where = f"step {state.step}, epoch {state.epoch + (1 if state.batch else 0)}"
         message = f"{self.stop.signal_name}: stopped at {where} with a checkpoint in {self.run_dir}"
@@ -132,4 +135,5 @@ class Recorder:
         )
         if self.on_epoch is not None:  # after the checkpoint: a pruned trial stays resumable
             self.on_epoch(record)
-        self._stop_if_asked(state)
+        if self.stop.requested:  # the checkpoint above is this epoch's: stop on it
+            self._stop(state)
