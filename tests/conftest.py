@@ -228,3 +228,15 @@ def one_batch(backbone: Backbone, n: int = 4, seed: int = 0) -> dict[str, torch.
     loaders = Loaders(backbone.preprocess, backbone.tokenizer, False, 0, 0)
     batch = next(iter(loaders.loader(examples, None, n, shuffle=False)))
     return batch["inputs"]
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    """A saved tiny random-init BERT with classes neg, pos (a model folder, as fit writes)."""
+    from graft.artifact import save_model
+    from graft.data.types import LabelMap
+
+    folder = tmp_path_factory.mktemp("text-model") / "model"
+    backbone = build_tiny(TINY_BACKBONES["hf"][0], tiny_bert_dir, num_classes=2)
+    save_model(folder, backbone, LabelMap(("neg", "pos")), plan={})
+    return folder

@@ -117,15 +117,6 @@ def image_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
-    """A saved tiny random-init BERT with classes neg, pos."""
-    folder = tmp_path_factory.mktemp("text-model") / "model"
-    backbone = build_tiny(TINY_BACKBONES["hf"][0], tiny_bert_dir, num_classes=2)
-    save_model(folder, backbone, LabelMap(("neg", "pos")), plan={})
-    return folder
-
-
 # --------------------------------------------------------------------------- helpers
 
 

@@ -40,14 +40,6 @@ def _one_error(err: str) -> str:
     return err
 
 
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
-    folder = tmp_path_factory.mktemp("text-model") / "model"
-    backbone = build_tiny(TINY_BACKBONES["hf"][0], tiny_bert_dir, num_classes=2)
-    save_model(folder, backbone, LabelMap(("neg", "pos")), plan={})
-    return folder
-
-
 @pytest.fixture
 def image_model(tmp_path: Path) -> Path:
     folder = tmp_path / "image-model"

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from graft.pipeline import Batch, batches_once, same_batches
-from graft.runtime import autocast, no_grad_eval
+from graft.runtime import Precision, autocast, no_grad_eval
 from graft.strategies.plan import Phase
 
 # Above this many bytes, features go to a memory-mapped file instead of RAM.
@@ -62,13 +62,16 @@ def _storage(n: int, dim: int) -> torch.Tensor:
 
 @torch.no_grad()
 def compute_features(
-    model: torch.nn.Module, loader: DataLoader[Batch], device: torch.device
+    model: torch.nn.Module,
+    loader: DataLoader[Batch],
+    device: torch.device,
+    precision: Precision = "fp32",
 ) -> FeatureBatches:
     """The body's output for every example of ``loader``'s dataset, in dataset order."""
     n = len(loader.dataset)  # type: ignore[arg-type]
     features: torch.Tensor | None = None
     targets = torch.empty(n, dtype=torch.long)
-    with no_grad_eval(model), autocast(device):
+    with no_grad_eval(model), autocast(device, precision):
         for index, batch in batches_once(loader, device):
             out = model.features(**batch["inputs"]).float().cpu()  # type: ignore[operator]
             if features is None:
@@ -93,8 +96,9 @@ def cached_loaders(
     train_loader: DataLoader[Batch],
     val_loader: DataLoader[Batch],
     device: torch.device,
+    precision: Precision = "fp32",
 ) -> CachedLoaders:
     def over_features(loader: DataLoader[Batch]) -> DataLoader[Batch]:
-        return same_batches(compute_features(model, loader, device), loader)
+        return same_batches(compute_features(model, loader, device, precision), loader)
 
     return CachedLoaders(over_features(train_loader), over_features(val_loader))

@@ -241,6 +241,11 @@ class TrainConfig(_Strict):
         "eval", description="BatchNorm in frozen groups: statistics fixed, or updated"
     )
     feature_cache: bool = Field(True, description="head-only phases train on stored features")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto: bf16 autocast where the hardware computes bf16 natively (AMX, "
+        "AVX512-BF16, a GPU), fp32 elsewhere; weights, optimizer state and loss stay fp32",
+    )
     seed: int = 0
     deterministic: bool = Field(
         False,

@@ -258,7 +258,8 @@ def find_lr(
     model: torch.nn.Module = prep.backbone.model
     loader = prep.train_loader
     if prep.settings.feature_cache and head_only(phase):  # a linear probe sweeps in seconds
-        loader = cached_loaders(model, loader, prep.val_loader, prep.device).train
+        precision = prep.settings.precision
+        loader = cached_loaders(model, loader, prep.val_loader, prep.device, precision).train
         model = prep.backbone.model.head
     frozen_bn = prep.settings.frozen_bn_updates
     result = lr_find(

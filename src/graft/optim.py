@@ -112,7 +112,11 @@ def build_optimizer(
     elif name in ("adam", "adamw", "amsgrad"):
         amsgrad = name == "amsgrad"
         cls = torch.optim.AdamW if decoupled_weight_decay else torch.optim.Adam
-        opt = cls(groups, lr=lr, betas=betas, eps=eps, amsgrad=amsgrad)
+        # The fused kernel does a whole Adam step in one pass over the parameters: MiniLM's
+        # training step ran 1.31x faster than with torch's default foreach implementation
+        # (benchmarks/b6_step.py, AVX2 CPU). It needs every parameter on one CPU or CUDA device.
+        fused = _fusable(groups)
+        opt = cls(groups, lr=lr, betas=betas, eps=eps, amsgrad=amsgrad, fused=fused or None)
     elif name == "rmsprop":
         opt = torch.optim.RMSprop(groups, lr=lr, momentum=momentum, eps=eps)
     elif name == "adagrad":
@@ -122,6 +126,17 @@ def build_optimizer(
     if hooked:
         opt.register_step_pre_hook(_decoupled_decay_hook)
     return opt
+
+
+def _fusable(groups: list[dict[str, Any]]) -> bool:
+    params = [p for g in groups for p in g["params"]]
+    devices = {p.device.type for p in params}
+    return (
+        bool(params)
+        and devices <= {"cpu", "cuda"}
+        and len({p.device for p in params}) == 1
+        and all(p.is_floating_point() for p in params)
+    )
 
 
 @torch.no_grad()

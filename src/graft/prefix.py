@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from graft.pipeline import Batch, batches_once, same_batches, to_device
-from graft.runtime import autocast, no_grad_eval
+from graft.runtime import Precision, autocast, no_grad_eval
 
 
 class _Stop(Exception):
@@ -182,14 +182,14 @@ class PrefixLoaders:
 
 @torch.no_grad()
 def _activations(
-    cut: PrefixCut, loader: DataLoader[Batch], device: torch.device
+    cut: PrefixCut, loader: DataLoader[Batch], device: torch.device, precision: Precision
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each example's prefix output, in dataset order, and its target."""
     n = len(loader.dataset)  # type: ignore[arg-type]
     out: list[torch.Tensor | None] = [None] * n
     targets = torch.empty(n, dtype=torch.long)
     for index, batch in batches_once(loader, device):
-        with autocast(device):
+        with autocast(device, precision):
             acts = cut.prefix_output(batch["inputs"]).float().cpu()
         mask = batch["inputs"].get("attention_mask")
         targets[torch.as_tensor(index)] = batch["targets"].cpu()
@@ -205,6 +205,7 @@ def cached_prefix_loaders(
     train_loader: DataLoader[Batch],
     val_loader: DataLoader[Batch],
     device: torch.device,
+    precision: Precision = "fp32",
 ) -> PrefixLoaders | str:
     """Loaders over the frozen prefix's cached outputs, or the reason there are none."""
     val_data: Any = val_loader.dataset
@@ -219,7 +220,7 @@ def cached_prefix_loaders(
             return f"the network is not a chain at {cut.entry} (a connection skips over the cut)"
         loaders = []
         for loader in (train_loader, val_loader):
-            acts, targets = _activations(cut, loader, device)
+            acts, targets = _activations(cut, loader, device, precision)
             data = PrefixBatches(loader.dataset, acts, targets, "attention_mask" in sample)
             loaders.append(same_batches(data, loader))
     return PrefixLoaders(cut, cut_model, loaders[0], loaders[1])

@@ -29,10 +29,7 @@ from graft.models import Backbone, ImagePreprocess, build_backbone, check_backbo
 from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.phases import apply_phase
 from graft.pipeline import Loaders
-from graft.runtime import (
-    select_device,
-    set_threads,
-)
+from graft.runtime import Precision, resolve_precision, select_device, set_threads
 from graft.strategies import build_plan
 from graft.strategies.plan import Plan
 from graft.train import LoopSettings, Objective, steps_per_epoch
@@ -107,7 +104,12 @@ def _augmentation(data: DataConfig, backbone: Backbone, num_classes: int) -> tup
 
 
 def _initialize(
-    init: InitConfig, backbone: Backbone, train_loader: Any, device: torch.device, log: RunLog
+    init: InitConfig,
+    backbone: Backbone,
+    train_loader: Any,
+    device: torch.device,
+    precision: Precision,
+    log: RunLog,
 ) -> None:
     """Apply the ``init:`` section. It runs on a resume too (deterministically: the seed is set),
     so that the references of L2-SP and distance bounds are the same as in the first run."""
@@ -123,7 +125,7 @@ def _initialize(
             raise UsageError(f"init.reinit_top: {e}") from None
         log(f"init: re-initialized the top {init.reinit_top} groups: {', '.join(names)}")
     if init.head == "linear_probe":
-        data = compute_features(backbone.model, train_loader, device)
+        data = compute_features(backbone.model, train_loader, device, precision)
         fit = policies.fit_head_linear_probe(backbone.model.head, data.features, data.targets)
         log(f"init: head fitted by a linear probe (train accuracy {fit['accuracy']:.3f})")
     elif init.head != "default":
@@ -178,7 +180,9 @@ def _objective(config: RunConfig, model: torch.nn.Module, train_targets: np.ndar
     return Objective(loss_fn, penalties, constraints)
 
 
-def _settings(config: RunConfig, device: torch.device, random_batches: bool) -> LoopSettings:
+def _settings(
+    config: RunConfig, device: torch.device, precision: Precision, random_batches: bool
+) -> LoopSettings:
     """The loop's settings: the optimizer and schedule factories, built (and checked) once."""
     o, s, t = config.optim, config.schedule, config.train
     optimizer = OptimizerFactory(
@@ -211,6 +215,7 @@ def _settings(config: RunConfig, device: torch.device, random_batches: bool) -> 
         frozen_bn_updates=t.frozen_bn == "update",
         feature_cache=t.feature_cache and not random_batches,
         device=device,
+        precision=precision,
     )
 
 
@@ -271,6 +276,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     Every mistake in the config or the data surfaces here."""
     threads = set_threads(config.hardware.threads)
     device = select_device(config.hardware.device)
+    precision = resolve_precision(config.train.precision, device)
     seed_everything(config.train.seed)
     check_backbone_name(config.backbone.name, config.backbone.source)  # before the data is read
     splits = load_splits(config.data)
@@ -325,11 +331,11 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         train=True,
     )
     _check_closure_optimizer(config, backbone, trainable)
-    settings = _settings(config, device, loaders.random)
+    settings = _settings(config, device, precision, loaders.random)
     steps = steps_per_epoch(len(train_loader), settings)
     for phase in plan.phases:  # a schedule option that does not apply: refused before the run
         settings.schedule.check(steps * phase.epochs)
-    _initialize(config.init, backbone, train_loader, device, log)
+    _initialize(config.init, backbone, train_loader, device, precision, log)
     prepared = Prepared(
         config=config,
         splits=splits,

@@ -53,7 +53,7 @@ from graft.rundir import (
     read_results,
     read_run_meta,
 )
-from graft.runtime import deterministic_mode, environment, peak_rss_mb, precision, stop_on_signals
+from graft.runtime import deterministic_mode, environment, peak_rss_mb, stop_on_signals
 from graft.safe_load import weights_only_loading
 from graft.train import TrainState, evaluate, train
 
@@ -180,7 +180,8 @@ def _fit(
     log.attach(run_dir / LOG)
     log(f"run directory: {run_dir}")
     log(
-        f"device {prep.device}, {prep.threads} threads, {precision(prep.device)}"
+        f"device {prep.device}, {prep.threads} threads, "
+        + ("bf16 autocast" if prep.settings.precision == "bf16" else "fp32")
         + (", channels_last" if prep.channels_last else "")
         + ("" if not config.train.deterministic else ", deterministic algorithms")
         + f"; plan {prep.plan.strategy}: "
@@ -256,6 +257,7 @@ def _finish(
         trainable_params=prep.trainable,
         total_params=sum(p.numel() for p in model.parameters()),
         peak_rss_mb=peak_rss_mb(),
+        precision=prep.settings.precision,
         environment=environment(),
         date=time.strftime("%Y-%m-%d %H:%M"),
         config_hash=digests[0],
@@ -308,7 +310,7 @@ def _final_results(prep: Prepared) -> dict[str, Any]:
     model, splits = prep.backbone.model, prep.splits
 
     def measure(ex: Examples) -> dict[str, Any]:
-        out = evaluate(model, prep.eval_loader(ex), prep.device)
+        out = evaluate(model, prep.eval_loader(ex), prep.device, prep.settings.precision)
         return classification_metrics(
             out["targets"], out["logits"].argmax(1).numpy(), prep.labels, loss=out["loss"]
         )

@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -39,18 +39,39 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on a GPU that supports it; plain fp32 elsewhere (the CPU default)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+Precision = Literal["fp32", "bf16"]
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a GPU with bf16, or a CPU with AVX512-BF16
+    or AMX tiles. Without them bf16 is emulated on a CPU and 6-180x slower than fp32 (measured
+    on an AVX2-only AMD EPYC); with AMX a bf16 matmul ran 3.8x faster than fp32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """``train.precision``: ``auto`` is bf16 autocast where the hardware computes bf16 natively
+    (:func:`fast_bf16`) and fp32 elsewhere; ``fp32`` and ``bf16`` are taken as asked (bf16 on a
+    CPU without native support works, slowly). Weights, optimizer state and the loss stay fp32."""
+    if requested == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError("train.precision: bf16 was asked for, but this GPU has no bf16")
+    if requested not in ("fp32", "bf16"):
+        raise UsageError(f"train.precision: unknown precision {requested!r}")
+    return "bf16" if requested == "bf16" else "fp32"
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast for ``precision == "bf16"`` (on the CPU or a GPU); plain fp32 otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def precision(device: torch.device) -> str:
-    """What :func:`autocast` does on ``device``, in words for the run log."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16 autocast"
-    return "fp32"
 
 
 def set_threads(threads: int | None) -> int:

@@ -36,7 +36,7 @@ from graft.phases import apply_phase, group_table, set_train_mode
 from graft.pipeline import Batch, set_epoch, to_device
 from graft.prefix import cached_prefix_loaders
 from graft.regularize import clip_gradients
-from graft.runtime import autocast, no_grad_eval
+from graft.runtime import Precision, autocast, no_grad_eval
 from graft.strategies.plan import Phase, Plan
 
 
@@ -81,6 +81,7 @@ class LoopSettings:
     frozen_bn_updates: bool = False
     feature_cache: bool = True  # train head-only phases on stored body features
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: Precision = "fp32"  # "bf16": autocast of the forward passes (runtime.py)
 
 
 @dataclass
@@ -155,10 +156,15 @@ def steps_per_epoch(n_batches: int, settings: LoopSettings) -> int:
     return 1 if settings.optimizer.closure_based else -(-n_batches // settings.grad_accum)
 
 
-def evaluate(model: nn.Module, loader: DataLoader[Batch], device: torch.device) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader[Batch],
+    device: torch.device,
+    precision: Precision = "fp32",
+) -> dict[str, Any]:
     """Logits, predictions and mean loss over a labeled loader."""
     logits, targets = [], []
-    with no_grad_eval(model), autocast(device):
+    with no_grad_eval(model), autocast(device, precision):
         for batch in loader:
             batch = to_device(batch, device)
             logits.append(model(**batch["inputs"]).float().cpu())
@@ -230,7 +236,7 @@ def train(
                 context,
             )
             with context():  # the cached prefix is swapped in only while the model runs
-                val = evaluate(forward, phase_val, device)
+                val = evaluate(forward, phase_val, device, settings.precision)
             is_best, phase_done = _close_epoch(state, record, val, label_names, phase, settings)
             # The checkpoint written here already points at the next epoch (or phase).
             hooks.epoch_end(state, record, is_best, optimizer, scheduler)
@@ -297,13 +303,17 @@ def _phase_inputs(
         return plain
     started = time.perf_counter()
     if head_only(phase):  # the whole body is frozen: train the head on stored features
-        cached = cached_loaders(model, train_loader, val_loader, settings.device)
+        cached = cached_loaders(
+            model, train_loader, val_loader, settings.device, settings.precision
+        )
         hooks.message(
             f"feature cache: body outputs computed in {time.perf_counter() - started:.1f}s"
         )
         return model.head, cached.train, cached.val, contextlib.nullcontext
     frozen = {id(p) for g in groups[:cut] for _, p in g.params}
-    prefix = cached_prefix_loaders(model, frozen, train_loader, val_loader, settings.device)
+    prefix = cached_prefix_loaders(
+        model, frozen, train_loader, val_loader, settings.device, settings.precision
+    )
     if isinstance(prefix, str):
         hooks.message(f"prefix cache off: {prefix}")
         return plain
@@ -330,7 +340,7 @@ def _train_epoch(
     into the model there): between steps the model is whole, as a checkpoint must see it."""
     if is_closure_optimizer(optimizer):
         return _full_batch_epoch(
-            model, loader, optimizer, scheduler, objective, hooks, state, context, settings.device
+            model, loader, optimizer, scheduler, objective, hooks, state, context, settings
         )
     set_epoch(loader, state.epoch, state.batch)
     device, accum = settings.device, settings.grad_accum
@@ -343,7 +353,7 @@ def _train_epoch(
     n_batches = len(loader)  # the whole epoch's, also when it starts past its first batch
     for i, batch in enumerate(loader, start=state.batch):
         batch = to_device(batch, device)
-        with context(), autocast(device):
+        with context(), autocast(device, settings.precision):
             logits = model(**batch["inputs"])
         loss = objective.loss(logits, batch["targets"])
         value = _finite(float(loss.detach()), state)  # before anything is applied
@@ -373,7 +383,7 @@ def _full_batch_epoch(
     hooks: LoopHooks,
     state: TrainState,
     context: Callable[[], Any],
-    device: torch.device,
+    settings: LoopSettings,
 ) -> dict[str, Any]:
     """An epoch of a closure-based optimizer (L-BFGS): one step over the whole training set.
 
@@ -396,8 +406,8 @@ def _full_batch_epoch(
         set_epoch(loader, state.epoch, 0)
         total, seen = torch.zeros(()), 0
         for batch in loader:
-            batch = to_device(batch, device)
-            with context(), autocast(device):
+            batch = to_device(batch, settings.device)
+            with context(), autocast(settings.device, settings.precision):
                 logits = model(**batch["inputs"])
             loss = objective.loss(logits, batch["targets"])
             n = len(batch["targets"])

@@ -94,10 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (also used by the console script)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # OpenMP threads that spin while waiting make two torch processes on few cores slow each
-    # other down 5-75x (measured here: 2 cores); sleeping waits cost nothing measurable when the
-    # machine is idle (Lite0 training step 0.457 s vs 0.454 s). Must be set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OMP_WAIT_POLICY is left to OpenMP for one process: PASSIVE cost a MiniLM training step
+    # 15-18% here (benchmarks/b6_step.py). Where graft runs several torch processes at once
+    # (search --workers N) it sets PASSIVE for them: spinning waits made two such processes on
+    # 2 cores slow each other down 5-75x.
     parser = build_parser()
     try:
         args, extras = parser.parse_known_args(argv)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -96,8 +95,8 @@ def _in_child(run: PlannedRun, config_path: Path, resume: Path | None, quiet: bo
         cmd += ["--resume", str(resume)]
     if quiet:
         cmd.append("--quiet")
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    code = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=False).returncode
+    # One run at a time, and this process does not compute meanwhile: OpenMP's own wait policy.
+    code = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False).returncode
     if code == 130:
         raise KeyboardInterrupt
     if code != 0:
