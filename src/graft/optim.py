@@ -129,12 +129,12 @@ def build_optimizer(
 
 
 def _fusable(groups: list[dict[str, Any]]) -> bool:
+    """Whether torch's fused Adam kernel takes these parameters: floating, on one CPU or GPU."""
     params = [p for g in groups for p in g["params"]]
-    devices = {p.device.type for p in params}
+    devices = {p.device for p in params}
     return (
-        bool(params)
-        and devices <= {"cpu", "cuda"}
-        and len({p.device for p in params}) == 1
+        len(devices) == 1
+        and next(iter(devices)).type in ("cpu", "cuda")
         and all(p.is_floating_point() for p in params)
     )
 

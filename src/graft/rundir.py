@@ -63,6 +63,15 @@ def _require_file(path: Path) -> None:
         raise DataError(f"{path}: file not found", hint=_NOT_A_RUN_HINT)
 
 
+def _read_text(path: Path) -> str:
+    """A run file's text; a missing or unreadable file is a :class:`DataError` naming it."""
+    _require_file(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from exc
+
+
 def read_history(path: Path) -> list[dict[str, Any]]:
     """Read ``metrics.jsonl``: one JSON object per line (blank lines are skipped).
 
@@ -70,11 +79,7 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         DataError: the file is missing or unreadable, or a line is not a JSON object (the message
             names the line number).
     """
-    _require_file(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from exc
+    text = _read_text(path)
     history: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -98,11 +103,9 @@ def read_results(path: Path) -> dict[str, Any]:
     Raises:
         DataError: the file is missing, unreadable, not JSON or not a JSON object.
     """
-    _require_file(path)
+    text = _read_text(path)
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from exc
+        results = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})",
@@ -122,12 +125,7 @@ def load_run(run_dir: Path) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: not a directory", hint=_NOT_A_RUN_HINT)
-    config_path = run_dir / CONFIG
-    _require_file(config_path)
-    try:
-        config_text = config_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{config_path}: cannot read: {exc}") from exc
+    config_text = _read_text(run_dir / CONFIG)
     results = read_results(run_dir / RESULTS)
     history = read_history(run_dir / METRICS)
     return RunData(run_dir=run_dir, config_text=config_text, history=history, results=results)
