@@ -73,6 +73,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(autouse=True)
+def _own_feature_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: Any) -> None:
+    """Each test has its own empty shared feature store (features/store.py), so that no test
+    reads what another computed; the CLI and compare children inherit it."""
+    monkeypatch.setenv("GRAFT_FEATURE_CACHE", str(tmp_path_factory.mktemp("features")))
+    monkeypatch.delenv("GRAFT_FEATURE_CACHE_SIZE", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _restore_threads() -> Iterator[None]:
     """``fit`` sets the thread count from ``hardware.threads``; keep it from leaking."""
     yield

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import graft.cache
-from graft.cache import FeatureBatches, head_only
+import graft.features.body
 from graft.config import validate
+from graft.features.body import FeatureBatches, head_only
 from graft.run import fit
 from graft.strategies.plan import Phase
 
@@ -83,16 +83,17 @@ def test_memory_mapped_features_train_the_same_probe(
     """Features past IN_MEMORY_LIMIT live in a memory-mapped file: the probe trained on them is
     bit-identical to the one trained on features in RAM."""
     strategy = {"name": "linear_probe"}
+    monkeypatch.setenv("GRAFT_FEATURE_CACHE_SIZE", "0")  # both runs compute their features
     _run(tmp_path, "ram", True, strategy)
-    monkeypatch.setattr(graft.cache, "IN_MEMORY_LIMIT", 0)
+    monkeypatch.setattr(graft.features.body, "IN_MEMORY_LIMIT", 0)
     stored: list[torch.Tensor] = []
-    real = graft.cache._storage
+    real = graft.features.body._storage
 
     def spy(n: int, dim: int) -> torch.Tensor:
         stored.append(real(n, dim))
         return stored[-1]
 
-    monkeypatch.setattr(graft.cache, "_storage", spy)
+    monkeypatch.setattr(graft.features.body, "_storage", spy)
     _run(tmp_path, "mapped", True, strategy)
     assert stored and all(hasattr(s, "_graft_file") for s in stored)  # on disk, not in RAM
     wa, wb = (

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,11 +27,12 @@ import torch
 
 from graft.atomic import atomic_write, saving
 from graft.config import config_hash as config_hash  # re-exported: checkpoints carry it
+from graft.data.digest import hash_examples
 from graft.errors import DataError, TrainingDiverged
 from graft.safe_load import load_weights_only, non_finite, require_finite
 
 if TYPE_CHECKING:
-    from graft.data.types import Examples, Splits
+    from graft.data.types import Splits
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -47,31 +47,8 @@ def data_fingerprint(splits: Splits) -> str:
     for name, examples in [*named, *sorted(splits.extra.items())]:
         if examples is not None:
             h.update(f"\0{name}\0{len(examples)}\0".encode())
-            _hash_examples(h, examples)
+            hash_examples(h, examples)
     return h.hexdigest()
-
-
-def _hash_examples(h: Any, examples: Examples) -> None:
-    inputs = examples.inputs
-    if isinstance(inputs, np.ndarray):
-        h.update(f"{inputs.dtype}{inputs.shape}".encode())
-        h.update(np.ascontiguousarray(inputs).data)
-    else:
-        for item in inputs:
-            if isinstance(item, str):
-                data = item.encode("utf-8", "surrogatepass")
-            else:  # an image file
-                data = _file_bytes(Path(item))
-            h.update(len(data).to_bytes(8, "little"))
-            h.update(data)
-    h.update(json.dumps(list(examples.labels)).encode())
-
-
-def _file_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def rng_states() -> dict[str, Any]:

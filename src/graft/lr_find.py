@@ -241,8 +241,8 @@ def find_lr(
 ) -> dict[str, Any]:
     """``graft lr-find``: an exponential LR sweep over the first phase of the plan (Smith 2017),
     on a copy of nothing: the model and optimizer are restored afterwards. Writes no run."""
-    from graft.cache import cached_loaders, head_only
     from graft.console import RunLog
+    from graft.features.body import cached_loaders, head_only
     from graft.phases import apply_phase, set_train_mode
     from graft.prepare import prepare
     from graft.safe_load import weights_only_loading
@@ -259,7 +259,8 @@ def find_lr(
     loader = prep.train_loader
     if prep.settings.feature_cache and head_only(phase):  # a linear probe sweeps in seconds
         precision = prep.settings.precision
-        loader = cached_loaders(model, loader, prep.val_loader, prep.device, precision).train
+        store = prep.settings.feature_store
+        loader = cached_loaders(model, loader, prep.val_loader, prep.device, precision, store).train
         model = prep.backbone.model.head
     frozen_bn = prep.settings.frozen_bn_updates
     result = lr_find(

@@ -26,10 +26,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from graft.augment import BatchMix, ImageTransform, apply_per_image
+from graft.data.digest import hash_examples
 from graft.data.types import Examples
 from graft.models.base import ImagePreprocess, TextPreprocess
 
 Batch = dict[str, Any]  # {"inputs": {name: tensor}, "targets": tensor | None}
+
+
+def _digest(targets: np.ndarray | None) -> Any:
+    """A hash object started with a dataset's targets (or their absence)."""
+    h = hashlib.blake2b(digest_size=16)
+    if targets is None:
+        h.update(b"no targets")
+    else:
+        h.update(f"{targets.dtype}{targets.shape}".encode())
+        h.update(np.ascontiguousarray(targets).data)
+    return h
 
 
 class BatchIndex(list[int]):
@@ -114,6 +126,7 @@ class ImageBatches(torch.utils.data.Dataset[Batch]):
         mix: BatchMix | None = None,
         seed: int = 0,
     ) -> None:
+        self.examples = examples
         self.inputs = examples.inputs
         self.targets = targets
         self.prep = prep
@@ -123,6 +136,20 @@ class ImageBatches(torch.utils.data.Dataset[Batch]):
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def fingerprint(self) -> str:
+        """A hash of what this dataset serves: the pixels (or image files' bytes), the targets,
+        the preprocessing, the memory format and any augmentation with its seed."""
+        h = _digest(self.targets)
+        hash_examples(h, self.examples, labels=False)
+        random_part = (repr(self.augment), repr(self.mix), self.seed) if self.random else None
+        h.update(repr((self.prep.to_dict(), self.channels_last, random_part)).encode())
+        return h.hexdigest()
+
+    @property
+    def random(self) -> bool:
+        """Whether batches are augmented at random (then no feature cache applies)."""
+        return self.augment is not None or self.mix is not None
 
     def _load(self, index: list[int]) -> list[np.ndarray] | np.ndarray:
         if isinstance(self.inputs, np.ndarray):
@@ -141,9 +168,8 @@ class ImageBatches(torch.utils.data.Dataset[Batch]):
         return out
 
     def __getitems__(self, index: list[int]) -> Batch:
-        random_draws = self.augment is not None or self.mix is not None
         context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if random_draws and isinstance(index, BatchIndex):
+        if self.random and isinstance(index, BatchIndex):
             context = seeded(batch_seed(self.seed, index.epoch, index.position))
         with context:
             x = images_to_tensor(self._load(index), self.prep, self.augment)
@@ -177,6 +203,15 @@ class TextBatches(torch.utils.data.Dataset[Batch]):
 
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(t) for t in self.ids), dtype=np.int64, count=len(self.ids))
+
+    def fingerprint(self) -> str:
+        """A hash of what this dataset serves: every token id sequence (so the text, the
+        tokenizer and max_length), the padding id and the targets."""
+        h = _digest(self.targets)
+        h.update(f"pad {self.pad_id}".encode())
+        for seq in self.ids:
+            h.update(np.asarray(seq, dtype=np.int64).tobytes() + b"|")
+        return h.hexdigest()
 
     def __getitems__(self, index: list[int]) -> Batch:
         seqs = [self.ids[i] for i in index]
@@ -266,14 +301,15 @@ def identity_collate(batch: Any) -> Any:
 
 
 def batches_once(
-    loader: DataLoader[Batch], device: torch.device
+    loader: DataLoader[Batch], device: torch.device, batch_size: int
 ) -> Iterator[tuple[list[int], Batch]]:
     """Every example of ``loader``'s dataset once, as (indexes, batch on ``device``), in a fixed
-    order (texts sorted by length: little padding). For computing a cache."""
+    order (texts sorted by length: little padding) and batches of ``batch_size``, whatever the
+    loader's: for computing a cache that every run computes alike."""
     sampler = loader.batch_sampler
     assert isinstance(sampler, EpochBatches)
     data: Any = loader.dataset
-    for index in EpochBatches(sampler.n, sampler.batch_size, False, lengths=sampler.lengths):
+    for index in EpochBatches(sampler.n, batch_size, False, lengths=sampler.lengths):
         yield index, to_device(data.__getitems__(index), device)
 
 

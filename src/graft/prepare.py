@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from graft.augment import build_augment, build_batch_mix
-from graft.cache import compute_features
 from graft.config import (
     DataConfig,
     InitConfig,
@@ -25,6 +24,8 @@ from graft.console import RunLog
 from graft.data import Splits, get_dataset, load_examples, make_splits
 from graft.data.types import Examples
 from graft.errors import UsageError
+from graft.features.body import compute_features
+from graft.features.store import shared_store
 from graft.models import Backbone, ImagePreprocess, build_backbone, check_backbone_name
 from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.phases import apply_phase
@@ -107,8 +108,7 @@ def _initialize(
     init: InitConfig,
     backbone: Backbone,
     train_loader: Any,
-    device: torch.device,
-    precision: Precision,
+    settings: LoopSettings,
     log: RunLog,
 ) -> None:
     """Apply the ``init:`` section. It runs on a resume too (deterministically: the seed is set),
@@ -125,7 +125,13 @@ def _initialize(
             raise UsageError(f"init.reinit_top: {e}") from None
         log(f"init: re-initialized the top {init.reinit_top} groups: {', '.join(names)}")
     if init.head == "linear_probe":
-        data = compute_features(backbone.model, train_loader, device, precision)
+        data = compute_features(
+            backbone.model,
+            train_loader,
+            settings.device,
+            settings.precision,
+            settings.feature_store,
+        )
         fit = policies.fit_head_linear_probe(backbone.model.head, data.features, data.targets)
         log(f"init: head fitted by a linear probe (train accuracy {fit['accuracy']:.3f})")
     elif init.head != "default":
@@ -214,6 +220,7 @@ def _settings(
         min_delta=t.early_stopping_min_delta,
         frozen_bn_updates=t.frozen_bn == "update",
         feature_cache=t.feature_cache and not random_batches,
+        feature_store=shared_store() if t.feature_cache else None,
         device=device,
         precision=precision,
     )
@@ -335,7 +342,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     steps = steps_per_epoch(len(train_loader), settings)
     for phase in plan.phases:  # a schedule option that does not apply: refused before the run
         settings.schedule.check(steps * phase.epochs)
-    _initialize(config.init, backbone, train_loader, device, precision, log)
+    _initialize(config.init, backbone, train_loader, settings, log)
     prepared = Prepared(
         config=config,
         splits=splits,

@@ -27,7 +27,9 @@ from graft.config import RunConfig, apply_override, dump_config, load_config, va
 from graft.console import RunLog
 from graft.data.types import Examples
 from graft.errors import DataError, TrainingDiverged, UsageError
+from graft.features.body import compute_features, head_only
 from graft.metrics import classification_metrics, summary_line
+from graft.pipeline import same_batches
 from graft.prepare import Prepared, prepare
 from graft.recorder import Recorder
 from graft.resume import (
@@ -307,10 +309,22 @@ def _best_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _final_results(prep: Prepared) -> dict[str, Any]:
-    model, splits = prep.backbone.model, prep.splits
+    model, splits, settings = prep.backbone.model, prep.splits, prep.settings
+    # A body that no phase trained (a linear probe) gives features that the store may already
+    # hold (every seed's probe has the same pretrained body): evaluate the head on them. With
+    # or without a store, so that the two give the same results.
+    store = settings.feature_store
+    frozen_body = settings.feature_cache and not settings.frozen_bn_updates
+    frozen_body = frozen_body and all(head_only(p) for p in prep.plan.phases)
 
     def measure(ex: Examples) -> dict[str, Any]:
-        out = evaluate(model, prep.eval_loader(ex), prep.device, prep.settings.precision)
+        loader = prep.eval_loader(ex)
+        if frozen_body:
+            features = compute_features(model, loader, prep.device, settings.precision, store)
+            head_loader = same_batches(features, loader)
+            out = evaluate(model.head, head_loader, prep.device, settings.precision)
+        else:
+            out = evaluate(model, loader, prep.device, settings.precision)
         return classification_metrics(
             out["targets"], out["logits"].argmax(1).numpy(), prep.labels, loss=out["loss"]
         )

@@ -26,15 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from graft.cache import cached_loaders, head_only
 from graft.checkpoint import restore_rng_states, rng_untouched
 from graft.errors import TrainingDiverged
+from graft.features.body import cached_loaders, head_only
+from graft.features.prefix import cached_prefix_loaders
+from graft.features.store import FeatureStore
 from graft.metrics import classification_metrics
 from graft.models.base import GraftModel, LayerGroup
 from graft.optim import OptimizerFactory, ScheduleFactory, is_closure_optimizer
 from graft.phases import apply_phase, group_table, set_train_mode
 from graft.pipeline import Batch, set_epoch, to_device
-from graft.prefix import cached_prefix_loaders
 from graft.regularize import clip_gradients
 from graft.runtime import Precision, autocast, no_grad_eval
 from graft.strategies.plan import Phase, Plan
@@ -80,6 +81,7 @@ class LoopSettings:
     min_delta: float = 0.0  # an improvement smaller than this does not reset the patience
     frozen_bn_updates: bool = False
     feature_cache: bool = True  # train head-only phases on stored body features
+    feature_store: FeatureStore | None = None  # shared with other runs (features/store.py)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: Precision = "fp32"  # "bf16": autocast of the forward passes (runtime.py)
 
@@ -301,24 +303,24 @@ def _phase_inputs(
     cut = trained[0] if trained and phase.params == "all" else 0
     if not settings.feature_cache or settings.frozen_bn_updates or cut == 0:
         return plain
-    started = time.perf_counter()
+    started, store = time.perf_counter(), settings.feature_store
     if head_only(phase):  # the whole body is frozen: train the head on stored features
         cached = cached_loaders(
-            model, train_loader, val_loader, settings.device, settings.precision
+            model, train_loader, val_loader, settings.device, settings.precision, store
         )
         hooks.message(
-            f"feature cache: body outputs computed in {time.perf_counter() - started:.1f}s"
+            f"feature cache: body outputs {cached.origin} in {time.perf_counter() - started:.1f}s"
         )
         return model.head, cached.train, cached.val, contextlib.nullcontext
     frozen = {id(p) for g in groups[:cut] for _, p in g.params}
     prefix = cached_prefix_loaders(
-        model, frozen, train_loader, val_loader, settings.device, settings.precision
+        model, frozen, train_loader, val_loader, settings.device, settings.precision, store
     )
     if isinstance(prefix, str):
         hooks.message(f"prefix cache off: {prefix}")
         return plain
     hooks.message(
-        f"prefix cache: outputs of {groups[cut - 1].name} and below computed in "
+        f"prefix cache: outputs of {groups[cut - 1].name} and below {prefix.origin} in "
         f"{time.perf_counter() - started:.1f}s"
     )
     return prefix.model, prefix.train, prefix.val, prefix.cut.installed

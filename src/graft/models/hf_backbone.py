@@ -48,6 +48,9 @@ class TextEncoder(nn.Module):
         self.encoder = encoder
         self.pooling = pooling
 
+    def extra_repr(self) -> str:
+        return f"pooling={self.pooling}"  # in repr(): the feature store's keys read it
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":

@@ -1,4 +1,4 @@
-"""The frozen-prefix feature cache.
+"""The frozen-body feature cache.
 
 While a phase trains only the head, the whole body is frozen and in eval mode, and (without
 random augmentation) its output for an example never changes: compute it once, then train the
@@ -8,18 +8,23 @@ instead of a forward pass through the network.
 The cached loaders reuse the original loader's batch sampler, so every epoch sees exactly the
 batches the uncached path would see, and the losses agree within float rounding. A cache lives
 for one phase: a phase that thaws any body group goes through the full model again, and the next
-head-only phase recomputes the features from the weights as they are then.
+head-only phase recomputes the features from the weights as they are then. With a shared
+:class:`~graft.features.store.FeatureStore`, features computed once (by any run, with the same
+weights and data) are read instead of computed.
 """
 
 from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from graft.features.keys import CACHE_BATCH, body_key
+from graft.features.store import FeatureStore, origin
 from graft.pipeline import Batch, batches_once, same_batches
 from graft.runtime import Precision, autocast, no_grad_eval
 from graft.strategies.plan import Phase
@@ -34,10 +39,13 @@ def head_only(phase: Phase) -> bool:
 
 
 class FeatureBatches(torch.utils.data.Dataset[Batch]):
-    """Stored body features and targets, served a batch at a time like the original data."""
+    """Stored body features and targets, served a batch at a time like the original data;
+    ``from_store``: read from the shared feature store rather than computed."""
 
-    def __init__(self, features: torch.Tensor, targets: torch.Tensor) -> None:
-        self.features, self.targets = features, targets
+    def __init__(
+        self, features: torch.Tensor, targets: torch.Tensor, from_store: bool = False
+    ) -> None:
+        self.features, self.targets, self.from_store = features, targets, from_store
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -66,13 +74,22 @@ def compute_features(
     loader: DataLoader[Batch],
     device: torch.device,
     precision: Precision = "fp32",
+    store: FeatureStore | None = None,
 ) -> FeatureBatches:
-    """The body's output for every example of ``loader``'s dataset, in dataset order."""
-    n = len(loader.dataset)  # type: ignore[arg-type]
+    """The body's output for every example of ``loader``'s dataset, in dataset order: read from
+    ``store`` when it holds them, else computed (and stored there)."""
+    data: Any = loader.dataset
+    key = None
+    if store is not None and not getattr(data, "random", False):
+        key = body_key(model, data, device, precision)
+    found = store.load(key) if store is not None and key else None
+    if found is not None:
+        return FeatureBatches(found["features"], found["targets"], from_store=True)
+    n = len(data)
     features: torch.Tensor | None = None
     targets = torch.empty(n, dtype=torch.long)
     with no_grad_eval(model), autocast(device, precision):
-        for index, batch in batches_once(loader, device):
+        for index, batch in batches_once(loader, device, CACHE_BATCH):
             out = model.features(**batch["inputs"]).float().cpu()  # type: ignore[operator]
             if features is None:
                 features = _storage(n, out.shape[1])
@@ -80,6 +97,8 @@ def compute_features(
             features[idx] = out
             targets[idx] = batch["targets"].cpu()
     assert features is not None
+    if store is not None and key and features.numel() * 4 <= IN_MEMORY_LIMIT:
+        store.save(key, {"features": features, "targets": targets})
     return FeatureBatches(features, targets)
 
 
@@ -90,6 +109,13 @@ class CachedLoaders:
     train: DataLoader[Batch]
     val: DataLoader[Batch]
 
+    @property
+    def origin(self) -> str:
+        """Where the features came from, for the run log."""
+        return origin(
+            [getattr(d, "from_store", False) for d in (self.train.dataset, self.val.dataset)]
+        )
+
 
 def cached_loaders(
     model: torch.nn.Module,
@@ -97,8 +123,11 @@ def cached_loaders(
     val_loader: DataLoader[Batch],
     device: torch.device,
     precision: Precision = "fp32",
+    store: FeatureStore | None = None,
 ) -> CachedLoaders:
+    """The phase's loaders over the body's features (see :func:`compute_features`)."""
+
     def over_features(loader: DataLoader[Batch]) -> DataLoader[Batch]:
-        return same_batches(compute_features(model, loader, device, precision), loader)
+        return same_batches(compute_features(model, loader, device, precision, store), loader)
 
     return CachedLoaders(over_features(train_loader), over_features(val_loader))

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from graft.features.keys import CACHE_BATCH, feature_key
+from graft.features.store import FeatureStore, origin
 from graft.pipeline import Batch, batches_once, same_batches, to_device
 from graft.runtime import Precision, autocast, no_grad_eval
 
@@ -178,25 +180,64 @@ class PrefixLoaders:
     model: CutModel
     train: DataLoader[Batch]
     val: DataLoader[Batch]
+    from_store: list[bool]  # train, validation: read from the feature store
+
+    @property
+    def origin(self) -> str:
+        """Where the activations came from, for the run log."""
+        return origin(self.from_store)
+
+
+def prefix_key(
+    cut: PrefixCut, dataset: Any, device: torch.device, precision: Precision
+) -> str | None:
+    """The feature-store key of the prefix's outputs over ``dataset``: the frozen parameters,
+    the stubbed units' buffers (BatchNorm statistics), the units and the entry."""
+    modules = dict(cut.body.named_modules())
+    tensors = [(n, p) for n, p in cut.body.named_parameters() if id(p) in cut.frozen]
+    for unit in cut.units:
+        tensors += [(f"{unit}.{n}", b) for n, b in modules[unit].named_buffers()]
+    kind = f"prefix entry={cut.entry} units={','.join(cut.units)}"
+    return feature_key(kind, cut.body, tensors, dataset, device, precision)
 
 
 @torch.no_grad()
 def _activations(
-    cut: PrefixCut, loader: DataLoader[Batch], device: torch.device, precision: Precision
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each example's prefix output, in dataset order, and its target."""
-    n = len(loader.dataset)  # type: ignore[arg-type]
+    cut: PrefixCut,
+    loader: DataLoader[Batch],
+    device: torch.device,
+    precision: Precision,
+    store: FeatureStore | None,
+) -> tuple[list[torch.Tensor], torch.Tensor, bool]:
+    """Each example's prefix output, in dataset order, its target, and whether they were read
+    from ``store`` (else computed, and stored there)."""
+    data: Any = loader.dataset
+    key = prefix_key(cut, data, device, precision) if store is not None else None
+    found = store.load(key) if store is not None and key else None
+    if found is not None:
+        rows = list(found["activations"].split(found["lengths"].tolist()))
+        return (rows if found["text"].item() else [r[0] for r in rows]), found["targets"], True
+    n = len(data)
     out: list[torch.Tensor | None] = [None] * n
     targets = torch.empty(n, dtype=torch.long)
-    for index, batch in batches_once(loader, device):
+    text = False
+    for index, batch in batches_once(loader, device, CACHE_BATCH):
         with autocast(device, precision):
-            acts = cut.prefix_output(batch["inputs"]).float().cpu()
+            batch_out = cut.prefix_output(batch["inputs"]).float().cpu()
         mask = batch["inputs"].get("attention_mask")
+        text = mask is not None
         targets[torch.as_tensor(index)] = batch["targets"].cpu()
         for row, i in enumerate(index):
             # Text: keep the real tokens only (padding differs from batch to batch).
-            out[i] = acts[row, : int(mask[row].sum())].clone() if mask is not None else acts[row]
-    return out, targets  # type: ignore[return-value]
+            out[i] = batch_out[row, : int(mask[row].sum())].clone() if text else batch_out[row]
+    done: list[torch.Tensor] = out  # type: ignore[assignment]
+    if store is not None and key:
+        # One tensor of every example's rows (tokens, or one image), and each one's row count.
+        stacked = torch.cat(done) if text else torch.stack(done)
+        lengths = torch.tensor([len(a) if text else 1 for a in done])
+        entry = {"activations": stacked, "lengths": lengths, "targets": targets}
+        store.save(key, {**entry, "text": torch.tensor(text)})
+    return done, targets, False
 
 
 def cached_prefix_loaders(
@@ -206,8 +247,10 @@ def cached_prefix_loaders(
     val_loader: DataLoader[Batch],
     device: torch.device,
     precision: Precision = "fp32",
+    store: FeatureStore | None = None,
 ) -> PrefixLoaders | str:
-    """Loaders over the frozen prefix's cached outputs, or the reason there are none."""
+    """Loaders over the frozen prefix's cached outputs (read from ``store`` where it has them),
+    or the reason there are none."""
     val_data: Any = val_loader.dataset
     sample_index = list(range(min(4, len(val_data))))
     sample = to_device(val_data.__getitems__(sample_index), device)["inputs"]
@@ -218,12 +261,13 @@ def cached_prefix_loaders(
         cut_model = CutModel(model, cut)
         if not _verify(model, cut, cut_model, sample):
             return f"the network is not a chain at {cut.entry} (a connection skips over the cut)"
-        loaders = []
+        loaders, read = [], []
         for loader in (train_loader, val_loader):
-            acts, targets = _activations(cut, loader, device, precision)
+            acts, targets, from_store = _activations(cut, loader, device, precision, store)
             data = PrefixBatches(loader.dataset, acts, targets, "attention_mask" in sample)
             loaders.append(same_batches(data, loader))
-    return PrefixLoaders(cut, cut_model, loaders[0], loaders[1])
+            read.append(from_store)
+    return PrefixLoaders(cut, cut_model, loaders[0], loaders[1], read)
 
 
 def _verify(model: nn.Module, cut: PrefixCut, cut_model: CutModel, inputs: dict[str, Any]) -> bool:
