@@ -81,3 +81,21 @@ def test_a_bf16_run_resumes_bit_identically_and_keeps_fp32_weights(
     assert all(v.dtype != torch.bfloat16 for v in whole.values())  # master weights stay fp32
     results = json.loads((tmp_path / "runs" / "whole" / "results.json").read_text())
     assert results["precision"] == "bf16"
+
+
+def test_malloc_keeps_freed_memory_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Linux with glibc (this machine and CI) the tuning is accepted; GRAFT_MALLOC_TUNING=0
+    leaves malloc alone."""
+    import platform
+
+    from graft.runtime import keep_freed_memory
+
+    try:
+        monkeypatch.setenv("GRAFT_MALLOC_TUNING", "0")
+        keep_freed_memory.cache_clear()
+        assert keep_freed_memory() is False
+        monkeypatch.delenv("GRAFT_MALLOC_TUNING")
+        keep_freed_memory.cache_clear()
+        assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+    finally:
+        keep_freed_memory.cache_clear()

@@ -30,7 +30,13 @@ from graft.models import Backbone, ImagePreprocess, build_backbone, check_backbo
 from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.phases import apply_phase
 from graft.pipeline import Loaders
-from graft.runtime import Precision, resolve_precision, select_device, set_threads
+from graft.runtime import (
+    Precision,
+    keep_freed_memory,
+    resolve_precision,
+    select_device,
+    set_threads,
+)
 from graft.strategies import build_plan
 from graft.strategies.plan import Plan
 from graft.train import LoopSettings, Objective, steps_per_epoch
@@ -282,6 +288,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     """Data, backbone (initialized), plan, loaders, objective: everything but the run directory.
     Every mistake in the config or the data surfaces here."""
     threads = set_threads(config.hardware.threads)
+    keep_freed_memory()
     device = select_device(config.hardware.device)
     precision = resolve_precision(config.train.precision, device)
     seed_everything(config.train.seed)
