@@ -3,9 +3,10 @@ Trainer, the same MiniLM steps (batch 16 of VADER movie snippets, AdamW 2e-5).
 
 graft: ``graft.prepare`` + ``graft.train.train`` (the loop every command runs) with a step hook
 that advances the profiler. HF: the Trainer of ``b2_text.py`` (dynamic padding, length grouping,
-fused AdamW) with a callback that does the same. Each side in a fresh subprocess; ``--warmup``
-steps, then ``--steps`` profiled steps. Printed per side: milliseconds per step and the operators
-with the most self CPU time; appended to ``results/b7_profile.jsonl``.
+fused AdamW, bf16 where the CPU has it fast) with a callback that does the same. Each side in a
+fresh subprocess; ``--warmup`` steps, then ``--steps`` profiled steps. Printed per side:
+milliseconds per step and the operators with the most self CPU time; appended to
+``results/b7_profile.jsonl``.
 
     .venv/bin/python benchmarks/b7_profile.py [--steps 30] [--sides graft,hf_expert]
 """
@@ -101,6 +102,7 @@ def run_graft(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
+    import torch
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -112,6 +114,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
 
     from graft.assets import minilm_dir
     from graft.data import load_examples
+    from graft.runtime import fast_bf16
 
     n = BATCH * (spec["warmup"] + spec["steps"] + 2)
     ex = load_examples(dataset="vader_movies").subset(range(n))
@@ -144,6 +147,7 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
             num_train_epochs=1,
             optim="adamw_torch_fused",
             train_sampling_strategy="group_by_length",
+            bf16=fast_bf16(torch.device("cpu")),  # as the expert of b2_text.py: where it is fast
             save_strategy="no",
             report_to="none",
             use_cpu=True,

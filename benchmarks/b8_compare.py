@@ -68,7 +68,10 @@ def main() -> None:
         for side in sides if r % 2 == 0 else sides[::-1]:
             res = run_side(side, args.config, args.before)
             runs[side].append(res)
-            print(f"  {side} repeat {r + 1}: {res['wall_s']:.1f} s", flush=True)
+            first = runs[sides[0]][0]["leaderboard"]
+            same = res["leaderboard"] == first
+            print(f"  {side} repeat {r + 1}: {res['wall_s']:.1f} s, leaderboard as {sides[0]}'s "
+                  f"first: {same}", flush=True)  # fmt: skip
     walls = {s: median([x["wall_s"] for x in v]) for s, v in runs.items()}
     boards = {s: [x["leaderboard"] for x in v] for s, v in runs.items()}
     reference = boards[sides[0]][0]

@@ -143,30 +143,31 @@ def test_two_processes_writing_one_entry_leave_it_whole(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- the keys
 
 
-def _text_loader(texts: list[str], targets: list[int], max_length: int = 32) -> Any:
+def _text_loader(texts: list[str], targets: list[int], max_length: int = 32, batch: int = 8) -> Any:
     backbone = build_backbone("minilm", num_classes=2, max_length=max_length)
     ex = Examples("text", texts, [str(t) for t in targets], "test")
     loaders = Loaders(backbone.preprocess, backbone.tokenizer, False, 0, 0)
-    return backbone, loaders.loader(ex, np.asarray(targets), 8, shuffle=False, by_length=True)
+    return backbone, loaders.loader(ex, np.asarray(targets), batch, shuffle=False, by_length=True)
 
 
-def test_a_text_key_changes_with_weights_data_labels_and_preprocessing() -> None:
+def test_a_text_key_changes_with_weights_data_labels_preprocessing_and_batching() -> None:
     require_asset(assets.minilm_dir)
     texts, targets = ["a fine film", "dull and long", "I loved it"], [1, 0, 1]
     backbone, loader = _text_loader(texts, targets)
     model, cpu = backbone.model, torch.device("cpu")
-    key = body_key(model, loader.dataset, cpu, "fp32")
-    assert key == body_key(model, _text_loader(texts, targets)[1].dataset, cpu, "fp32")
+    key = body_key(model, loader, cpu, "fp32")
+    assert key == body_key(model, _text_loader(texts, targets)[1], cpu, "fp32")
     changed = {
         "a text": _text_loader(["a fine film", "dull and long", "I loved it!"], targets)[1],
         "a label": _text_loader(texts, [1, 0, 0])[1],
         "max_length": _text_loader(texts, targets, max_length=3)[1],
     }
-    keys = {what: body_key(model, ld.dataset, cpu, "fp32") for what, ld in changed.items()}
-    keys["precision"] = body_key(model, loader.dataset, cpu, "bf16")
+    keys = {what: body_key(model, ld, cpu, "fp32") for what, ld in changed.items()}
+    keys["precision"] = body_key(model, loader, cpu, "bf16")
+    keys["batch size"] = body_key(model, _text_loader(texts, targets, batch=2)[1], cpu, "fp32")
     with torch.no_grad():
         model.body.encoder.encoder.layer[5].output.dense.weight[0, 0] += 1e-3
-    keys["a weight"] = body_key(model, loader.dataset, cpu, "fp32")
+    keys["a weight"] = body_key(model, loader, cpu, "fp32")
     assert len(set(keys.values()) | {key}) == len(keys) + 1, keys
 
 
@@ -180,8 +181,8 @@ def test_an_image_key_changes_with_pixels_size_and_augmentation() -> None:
 
     def key(examples: Examples, prep: Any = backbone.preprocess, augment: Any = None) -> Any:
         loaders = Loaders(prep, None, False, 0, 0, augment=augment)
-        data = loaders.dataset(examples, targets, train=True)
-        return body_key(backbone.model, data, torch.device("cpu"), "fp32")
+        loader = loaders.loader(examples, targets, 4, shuffle=False, train=True)
+        return body_key(backbone.model, loader, torch.device("cpu"), "fp32")
 
     edited = pixels.copy()
     edited[3, 5, 5] ^= 1
@@ -208,14 +209,14 @@ def test_a_prefix_key_reads_the_frozen_layers_only() -> None:
     sample = loader.dataset.__getitems__([0, 1])["inputs"]
     cut = PrefixCut.find(body, frozen, sample)
     assert cut is not None
-    key = prefix_key(cut, loader.dataset, cpu, "fp32")
+    key = prefix_key(cut, loader, cpu, "fp32")
     layers = body.encoder.encoder.layer
     with torch.no_grad():
         layers[4].output.dense.weight[0, 0] += 1.0  # above the cut
-    assert prefix_key(cut, loader.dataset, cpu, "fp32") == key
+    assert prefix_key(cut, loader, cpu, "fp32") == key
     with torch.no_grad():
         layers[1].output.dense.weight[0, 0] += 1e-3  # below it
-    assert prefix_key(cut, loader.dataset, cpu, "fp32") != key
+    assert prefix_key(cut, loader, cpu, "fp32") != key
 
 
 # ------------------------------------------------------------------------------ whole runs

@@ -301,15 +301,15 @@ def identity_collate(batch: Any) -> Any:
 
 
 def batches_once(
-    loader: DataLoader[Batch], device: torch.device, batch_size: int
+    loader: DataLoader[Batch], device: torch.device
 ) -> Iterator[tuple[list[int], Batch]]:
     """Every example of ``loader``'s dataset once, as (indexes, batch on ``device``), in a fixed
-    order (texts sorted by length: little padding) and batches of ``batch_size``, whatever the
-    loader's: for computing a cache that every run computes alike."""
+    order (texts sorted by length: little padding), in the loader's batch size. For computing a
+    cache: an evaluation loader (not shuffled) gets its own batches exactly."""
     sampler = loader.batch_sampler
     assert isinstance(sampler, EpochBatches)
     data: Any = loader.dataset
-    for index in EpochBatches(sampler.n, batch_size, False, lengths=sampler.lengths):
+    for index in EpochBatches(sampler.n, sampler.batch_size, False, lengths=sampler.lengths):
         yield index, to_device(data.__getitems__(index), device)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from graft.features.keys import CACHE_BATCH, body_key
+from graft.features.keys import body_key
 from graft.features.store import FeatureStore, origin
 from graft.pipeline import Batch, batches_once, same_batches
 from graft.runtime import Precision, autocast, no_grad_eval
@@ -81,7 +81,7 @@ def compute_features(
     data: Any = loader.dataset
     key = None
     if store is not None and not getattr(data, "random", False):
-        key = body_key(model, data, device, precision)
+        key = body_key(model, loader, device, precision)
     found = store.load(key) if store is not None and key else None
     if found is not None:
         return FeatureBatches(found["features"], found["targets"], from_store=True)
@@ -89,7 +89,7 @@ def compute_features(
     features: torch.Tensor | None = None
     targets = torch.empty(n, dtype=torch.long)
     with no_grad_eval(model), autocast(device, precision):
-        for index, batch in batches_once(loader, device, CACHE_BATCH):
+        for index, batch in batches_once(loader, device):
             out = model.features(**batch["inputs"]).float().cpu()  # type: ignore[operator]
             if features is None:
                 features = _storage(n, out.shape[1])

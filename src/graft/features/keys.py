@@ -10,7 +10,8 @@
 * the examples as the model receives them (:meth:`fingerprint` of the dataset: token ids, or
   pixels with the image preprocessing, the augmentation and the targets);
 * the precision, the device type, the torch version and the batch size the cache is computed in
-  (:data:`CACHE_BATCH`; a kernel may round differently for another batch shape).
+  (the loader's: a kernel may round differently for another batch shape, so a run computes its
+  caches in its own batches, as it always did, and finds only entries made in the same ones).
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from graft.features.store import FORMAT
-
-# Every cache is computed in batches of this many examples (texts sorted by length), whatever
-# the run's batch size: the same examples give the same bytes in every run.
-CACHE_BATCH = 64
 
 
 def architecture(module: nn.Module) -> str:
@@ -43,17 +41,19 @@ def feature_key(
     kind: str,
     module: nn.Module,
     tensors: Iterable[tuple[str, torch.Tensor]],
-    dataset: Any,
+    loader: DataLoader[Any],
     device: torch.device,
     precision: str,
 ) -> str | None:
-    """The key of one cache: ``kind`` says where the pass stops, ``tensors`` are the weights it
-    reads; None when ``dataset`` cannot say what it serves (it has no ``fingerprint()``)."""
-    fingerprint = getattr(dataset, "fingerprint", None)
+    """The key of one cache over ``loader``'s examples: ``kind`` says where the pass stops,
+    ``tensors`` are the weights it reads; None when the dataset cannot say what it serves (it has
+    no ``fingerprint()``)."""
+    fingerprint = getattr(loader.dataset, "fingerprint", None)
     if fingerprint is None:
         return None
+    batch = getattr(loader.batch_sampler, "batch_size", None)
     h = hashlib.sha256()
-    h.update(repr((FORMAT, kind, torch.__version__, device.type, precision, CACHE_BATCH)).encode())
+    h.update(repr((FORMAT, kind, torch.__version__, device.type, precision, batch)).encode())
     h.update(architecture(module).encode())
     for name, tensor in tensors:
         t = tensor.detach().cpu().contiguous().reshape(-1)
@@ -63,8 +63,10 @@ def feature_key(
     return h.hexdigest()
 
 
-def body_key(model: nn.Module, dataset: Any, device: torch.device, precision: str) -> str | None:
-    """The key of the pooled body output (``model.features``) over ``dataset``."""
+def body_key(
+    model: nn.Module, loader: DataLoader[Any], device: torch.device, precision: str
+) -> str | None:
+    """The key of the pooled body output (``model.features``) over ``loader``'s examples."""
     body: nn.Module = model.body  # type: ignore[assignment]
     state = [*body.named_parameters(), *body.named_buffers()]
-    return feature_key("body", body, state, dataset, device, precision)
+    return feature_key("body", body, state, loader, device, precision)

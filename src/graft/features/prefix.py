@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from graft.features.keys import CACHE_BATCH, feature_key
+from graft.features.keys import feature_key
 from graft.features.store import FeatureStore, origin
 from graft.pipeline import Batch, batches_once, same_batches, to_device
 from graft.runtime import Precision, autocast, no_grad_eval
@@ -189,16 +189,16 @@ class PrefixLoaders:
 
 
 def prefix_key(
-    cut: PrefixCut, dataset: Any, device: torch.device, precision: Precision
+    cut: PrefixCut, loader: DataLoader[Batch], device: torch.device, precision: Precision
 ) -> str | None:
-    """The feature-store key of the prefix's outputs over ``dataset``: the frozen parameters,
-    the stubbed units' buffers (BatchNorm statistics), the units and the entry."""
+    """The feature-store key of the prefix's outputs over ``loader``'s examples: the frozen
+    parameters, the stubbed units' buffers (BatchNorm statistics), the units and the entry."""
     modules = dict(cut.body.named_modules())
     tensors = [(n, p) for n, p in cut.body.named_parameters() if id(p) in cut.frozen]
     for unit in cut.units:
         tensors += [(f"{unit}.{n}", b) for n, b in modules[unit].named_buffers()]
     kind = f"prefix entry={cut.entry} units={','.join(cut.units)}"
-    return feature_key(kind, cut.body, tensors, dataset, device, precision)
+    return feature_key(kind, cut.body, tensors, loader, device, precision)
 
 
 @torch.no_grad()
@@ -212,7 +212,7 @@ def _activations(
     """Each example's prefix output, in dataset order, its target, and whether they were read
     from ``store`` (else computed, and stored there)."""
     data: Any = loader.dataset
-    key = prefix_key(cut, data, device, precision) if store is not None else None
+    key = prefix_key(cut, loader, device, precision) if store is not None else None
     found = store.load(key) if store is not None and key else None
     if found is not None:
         rows = list(found["activations"].split(found["lengths"].tolist()))
@@ -221,7 +221,7 @@ def _activations(
     out: list[torch.Tensor | None] = [None] * n
     targets = torch.empty(n, dtype=torch.long)
     text = False
-    for index, batch in batches_once(loader, device, CACHE_BATCH):
+    for index, batch in batches_once(loader, device):
         with autocast(device, precision):
             batch_out = cut.prefix_output(batch["inputs"]).float().cpu()
         mask = batch["inputs"].get("attention_mask")
