@@ -36,7 +36,7 @@ def _leaderboard(compare_dir: Path) -> list[dict[str, str]]:
     return sorted(({"run": r["run"], **{k: r[k] for k in keep}} for r in rows), key=str)
 
 
-def run_side(side: str, config: str, before: str | None) -> dict[str, Any]:
+def run_side(side: str, config: str, before: str | None, overrides: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRAFT_FEATURE_CACHE": f"{tmp}/features"}
         env.pop("GRAFT_FEATURE_CACHE_SIZE", None)
@@ -46,7 +46,7 @@ def run_side(side: str, config: str, before: str | None) -> dict[str, Any]:
             assert before is not None
             env["PYTHONPATH"] = before
         cmd = [sys.executable, "-m", "graft.cli", "compare", config, f"output.dir={tmp}/runs"]
-        cmd += ["--quiet"]
+        cmd += [*overrides, "--quiet"]
         started = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)
         wall = time.perf_counter() - started
@@ -61,12 +61,13 @@ def main() -> None:
     p.add_argument("--before", help="another source tree's src/ folder (PYTHONPATH)")
     p.add_argument("--sides", default="store,no_store")
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("--set", action="append", default=[], help="an override for both sides")
     args = p.parse_args()
     sides = args.sides.split(",") + (["before"] if args.before else [])
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
     for r in range(args.repeats):
         for side in sides if r % 2 == 0 else sides[::-1]:
-            res = run_side(side, args.config, args.before)
+            res = run_side(side, args.config, args.before, args.set)
             runs[side].append(res)
             first = runs[sides[0]][0]["leaderboard"]
             same = res["leaderboard"] == first
@@ -85,6 +86,7 @@ def main() -> None:
         "b8_compare",
         {
             "config": args.config,
+            "overrides": args.set,
             "repeats": args.repeats,
             "wall_s": {s: [x["wall_s"] for x in v] for s, v in runs.items()},
             "median_wall_s": walls,

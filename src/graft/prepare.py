@@ -290,7 +290,6 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     threads = set_threads(config.hardware.threads)
     keep_freed_memory()
     device = select_device(config.hardware.device)
-    precision = resolve_precision(config.train.precision, device)
     seed_everything(config.train.seed)
     check_backbone_name(config.backbone.name, config.backbone.source)  # before the data is read
     splits = load_splits(config.data)
@@ -314,6 +313,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         max_length=config.data.max_length,
     )
     _check_modality(backbone, splits, b.name)
+    precision = resolve_precision(config.train.precision, device, cnn=backbone.is_cnn)
     plan = build_plan(
         config.strategy.name,
         config.strategy.params(),
