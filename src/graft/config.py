@@ -244,7 +244,8 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="auto: bf16 autocast where the hardware computes bf16 natively (AMX, "
-        "AVX512-BF16, a GPU), fp32 elsewhere; weights, optimizer state and loss stay fp32",
+        "AVX512-BF16, a GPU), except a CNN on a CPU, fp32 elsewhere; weights, optimizer state "
+        "and loss stay fp32",
     )
     seed: int = 0
     deterministic: bool = Field(
