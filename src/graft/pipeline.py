@@ -133,18 +133,22 @@ class ImageBatches(torch.utils.data.Dataset[Batch]):
         self.channels_last = channels_last
         self.augment, self.mix = augment, mix
         self.seed = seed
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def fingerprint(self) -> str:
         """A hash of what this dataset serves: the pixels (or image files' bytes), the targets,
-        the preprocessing, the memory format and any augmentation with its seed."""
-        h = _digest(self.targets)
-        hash_examples(h, self.examples, labels=False)
-        random_part = (repr(self.augment), repr(self.mix), self.seed) if self.random else None
-        h.update(repr((self.prep.to_dict(), self.channels_last, random_part)).encode())
-        return h.hexdigest()
+        the preprocessing, the memory format and any augmentation with its seed. Computed once
+        per dataset: image files are read once, not once per phase."""
+        if self._fingerprint is None:
+            h = _digest(self.targets)
+            hash_examples(h, self.examples, labels=False)
+            random_part = (repr(self.augment), repr(self.mix), self.seed) if self.random else None
+            h.update(repr((self.prep.to_dict(), self.channels_last, random_part)).encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     @property
     def random(self) -> bool:
@@ -197,6 +201,7 @@ class TextBatches(torch.utils.data.Dataset[Batch]):
         self.ids: list[list[int]] = encoded["input_ids"]
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.targets = targets
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -206,12 +211,14 @@ class TextBatches(torch.utils.data.Dataset[Batch]):
 
     def fingerprint(self) -> str:
         """A hash of what this dataset serves: every token id sequence (so the text, the
-        tokenizer and max_length), the padding id and the targets."""
-        h = _digest(self.targets)
-        h.update(f"pad {self.pad_id}".encode())
-        for seq in self.ids:
-            h.update(np.asarray(seq, dtype=np.int64).tobytes() + b"|")
-        return h.hexdigest()
+        tokenizer and max_length), the padding id and the targets; computed once."""
+        if self._fingerprint is None:
+            h = _digest(self.targets)
+            h.update(f"pad {self.pad_id}".encode())
+            for seq in self.ids:
+                h.update(np.asarray(seq, dtype=np.int64).tobytes() + b"|")
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     def __getitems__(self, index: list[int]) -> Batch:
         seqs = [self.ids[i] for i in index]
