@@ -130,28 +130,34 @@ ALL_TINY = [t for ts in TINY_BACKBONES.values() for t in ts]
 NUM_CLASSES = 3
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, hidden-32 BERT saved as a local Hugging Face folder, with the real MiniLM
-    tokenizer (its 30,522-token vocabulary) saved beside it."""
+def save_tiny_bert(folder: Path, tokenizer_dir: Path, layers: int, seed: int) -> Path:
+    """A hidden-32 BERT of ``layers`` layers (seeded random weights, saved as its pretrained
+    ones) in ``folder``, with the tokenizer of ``tokenizer_dir`` beside it."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from graft.assets import minilm_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(str(require_asset(minilm_dir)))
-    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=37,
         max_position_embeddings=64,
     )
-    folder = tmp_path_factory.mktemp("tiny-bert")
     BertModel(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-32 BERT saved as a local Hugging Face folder, with the real MiniLM
+    tokenizer (its 30,522-token vocabulary) saved beside it."""
+    from graft.assets import minilm_dir
+
+    tokenizer_dir = require_asset(minilm_dir)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), tokenizer_dir, layers=2, seed=0)
 
 
 def tiny_name(tiny: Tiny, bert_dir: Path | None) -> str:

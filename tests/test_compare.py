@@ -149,6 +149,19 @@ def test_compare_block_and_command_line(tmp_path: Path) -> None:
         spec_from_options(spec, seeds="three")
 
 
+def test_command_line_strategies_drop_the_overrides_of_labels_left_out(tmp_path: Path) -> None:
+    data = base_config(tmp_path)
+    data["compare"] = {
+        "strategies": ["full", {"name": "full", "label": "warm"}],
+        "overrides": {"warm": {"init.head": "linear_probe"}, "lp_ft": {"optim.lr": 0.01}},
+    }
+    _, spec = load_compare(write_yaml(tmp_path / "c.yaml", data))
+    cli = spec_from_options(spec, strategies="lp_ft")
+    # `warm` is not run, so its override is not this compare's; a strategy name's stays.
+    assert cli.overrides == {"lp_ft": {"optim.lr": 0.01}}
+    assert spec_from_options(spec, strategies="warm").overrides == spec.overrides
+
+
 # --------------------------------------------------------------------------- statistics
 
 

@@ -34,10 +34,11 @@ def save_model(
     *,
     plan: dict[str, Any],
     metrics: dict[str, Any] | None = None,
-    provenance: dict[str, str] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> None:
     """Write the model folder; the JSON is written last, so a folder with a JSON is complete.
-    ``provenance``: the run's ``config_hash`` and ``data_fingerprint``, stored in the JSON."""
+    ``provenance``: the run's ``config_hash`` and ``data_fingerprint`` (and, for a merged
+    model, how it was made: its α curve, its soup's ingredients), stored in the JSON."""
     from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -117,6 +117,13 @@ class BackboneConfig(_Strict):
         False,
         description="run Python code shipped with a Hugging Face model: only one you trust",
     )
+    # Checked against the model's layer count (range, order, duplicates) when it is built.
+    keep_layers: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="text backbones: keep these transformer layers of the pretrained encoder, "
+        "in order, and drop the others (a DistilBERT-style smaller student, e.g. [0, 2, 4])",
+    )
 
 
 class InitConfig(_Strict):
@@ -222,6 +229,34 @@ class RegularizeConfig(_Strict):
     distance_relative: bool = Field(True, description="radius relative to the tensor's norm")
 
 
+class DistillConfig(_Strict):
+    """Knowledge distillation from a trained graft model (off unless ``teacher`` is set): the
+    loss is ``alpha·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1 − alpha)·CE(z_s, y)``, CE being
+    the ``loss:`` section's; on ``unlabeled`` examples only the distillation term counts."""
+
+    teacher: str | None = Field(
+        None, min_length=1, description="a graft model folder: a run directory or its model/"
+    )
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+    temperature: float = Field(2.0, gt=0, description="T: softens both distributions")
+    unlabeled: SourceConfig | None = Field(
+        None, description="extra transfer data the teacher labels (its own labels are ignored)"
+    )
+    unlabeled_size: int | None = Field(
+        None, gt=0, description="subsample the unlabeled set (seeded by data.seed)"
+    )
+
+    @model_validator(mode="after")
+    def _needs_a_teacher(self) -> DistillConfig:
+        # Without a teacher the section is off: data given for the teacher to label would be
+        # ignored silently. (alpha and temperature have defaults, so a dumped config holds them.)
+        if self.teacher is None and self.unlabeled is not None:
+            raise ValueError("distill.unlabeled needs distill.teacher (the model that labels it)")
+        if self.unlabeled is None and self.unlabeled_size is not None:
+            raise ValueError("distill.unlabeled_size needs distill.unlabeled")
+        return self
+
+
 class TrainConfig(_Strict):
     """The loop: epochs, batches, gradient handling, model selection, seeds."""
 
@@ -308,6 +343,7 @@ class RunConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     regularize: RegularizeConfig = Field(default_factory=RegularizeConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
@@ -466,7 +502,25 @@ def dump_config(config: RunConfig) -> str:
 HASH_NEUTRAL_SECTIONS = frozenset({"output", "checkpoint", "hardware"})
 
 
+# Settings added after runs were made, each with the value that means "not used": left out of
+# the hash at that value, so a run (or a compare) started before they existed keeps its hash
+# and stays resumable.
+LATER_SETTINGS: dict[tuple[str, str | None], Any] = {
+    ("backbone", "keep_layers"): None,
+    ("distill", None): DistillConfig().model_dump(mode="json"),
+}
+
+
 def config_hash(config: dict[str, Any]) -> str:
     """A stable hash of the settings that change training (not where its output goes)."""
     relevant = {k: v for k, v in config.items() if k not in HASH_NEUTRAL_SECTIONS}
+    for (section, key), unused in LATER_SETTINGS.items():
+        if key is None and relevant.get(section) == unused:
+            relevant = {k: v for k, v in relevant.items() if k != section}
+        elif (
+            key is not None
+            and isinstance(relevant.get(section), dict)
+            and relevant[section].get(key, unused) == unused
+        ):
+            relevant[section] = {k: v for k, v in relevant[section].items() if k != key}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

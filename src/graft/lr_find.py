@@ -244,6 +244,7 @@ def find_lr(
     from graft.console import RunLog
     from graft.features.body import cached_loaders, head_only
     from graft.phases import apply_phase, set_train_mode
+    from graft.pipeline import to_device
     from graft.prepare import prepare
     from graft.safe_load import weights_only_loading
 
@@ -263,12 +264,20 @@ def find_lr(
         loader = cached_loaders(model, loader, prep.val_loader, prep.device, precision, store).train
         model = prep.backbone.model.head
     frozen_bn = prep.settings.frozen_bn_updates
+    objective = prep.objective
+
+    def batch_loss(m: nn.Module, batch: Any) -> Tensor:
+        # The run's own batch loss: with distillation, batches carry their teacher logits.
+        batch = to_device(batch, prep.device)
+        return objective.batch_loss(m(**batch["inputs"]), batch)
+
     result = lr_find(
         model,
         loader,
-        prep.objective.loss,
+        objective.loss,
         lambda: prep.settings.optimizer(prep.backbone.groups, phase),
         num_steps=steps,
+        batch_loss=batch_loss,
         train_mode=lambda m: set_train_mode(m, frozen_bn),
     )
     out = result.to_dict()

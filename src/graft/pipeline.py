@@ -30,7 +30,8 @@ from graft.data.digest import hash_examples
 from graft.data.types import Examples
 from graft.models.base import ImagePreprocess, TextPreprocess
 
-Batch = dict[str, Any]  # {"inputs": {name: tensor}, "targets": tensor | None}
+# {"inputs": {name: tensor}, "targets": tensor | None}, and "teacher": logits when distilling
+Batch = dict[str, Any]
 
 
 def _digest(targets: np.ndarray | None) -> Any:
@@ -321,15 +322,23 @@ def batches_once(
 
 
 def same_batches(
-    data: torch.utils.data.Dataset[Batch], loader: DataLoader[Batch]
+    data: torch.utils.data.Dataset[Batch], loader: DataLoader[Batch], *, workers: bool = False
 ) -> DataLoader[Batch]:
     """A loader over ``data`` (e.g. cached activations) that yields exactly ``loader``'s batches:
-    the same sampler object, so the same per-epoch shuffle."""
+    the same sampler object, so the same per-epoch shuffle. ``workers``: in ``loader``'s worker
+    processes too, for a dataset that wraps ``loader``'s own and so loads like it (a cache is
+    in memory already: workers would only copy it)."""
+    processes: dict[str, Any] = (
+        {"num_workers": loader.num_workers, "worker_init_fn": loader.worker_init_fn}
+        if workers
+        else {}
+    )
     return DataLoader(
         data,
         batch_sampler=loader.batch_sampler,
         collate_fn=identity_collate,
         generator=_private_generator(),
+        **processes,
     )
 
 
@@ -410,8 +419,12 @@ def set_epoch(loader: DataLoader[Batch], epoch: int, start: int = 0) -> None:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch on ``device``: its model inputs, its targets and any other tensor it carries
+    (a distillation batch's ``teacher`` logits)."""
     if device.type == "cpu":
         return batch
-    inputs = {k: v.to(device, non_blocking=True) for k, v in batch["inputs"].items()}
-    targets = batch["targets"]
-    return {"inputs": inputs, "targets": None if targets is None else targets.to(device)}
+    moved: Batch = {
+        k: None if v is None else v.to(device) for k, v in batch.items() if k != "inputs"
+    }
+    moved["inputs"] = {k: v.to(device, non_blocking=True) for k, v in batch["inputs"].items()}
+    return moved

@@ -7,6 +7,7 @@ surfaces here, so a run that starts has nothing left to refuse.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from graft.augment import build_augment, build_batch_mix
 from graft.config import (
     DataConfig,
+    DistillConfig,
     InitConfig,
     RunConfig,
     SourceConfig,
@@ -23,6 +25,15 @@ from graft.config import (
 from graft.console import RunLog
 from graft.data import Splits, get_dataset, load_examples, make_splits
 from graft.data.types import Examples
+from graft.distill import (
+    IGNORE_INDEX,
+    Distillation,
+    Teacher,
+    check_same_preprocessing,
+    join_examples,
+    load_teacher,
+    with_teacher_logits,
+)
 from graft.errors import UsageError
 from graft.features.body import compute_features
 from graft.features.store import shared_store
@@ -77,6 +88,27 @@ def load_splits(data: DataConfig) -> Splits:
         extra_size=data.extra_size,
         seed=data.seed,
         label_order=label_order,
+    )
+
+
+def configured_backbone(
+    config: RunConfig, num_classes: int, *, pretrained: bool | None = None
+) -> Backbone:
+    """The backbone the config describes, with a new ``num_classes`` head (``pretrained``
+    overrides ``backbone.pretrained``)."""
+    b = config.backbone
+    return build_backbone(
+        b.name,
+        num_classes=num_classes,
+        source=b.source,
+        pretrained=b.pretrained if pretrained is None else pretrained,
+        head_dropout=b.head_dropout,
+        pooling=b.pooling,
+        dropout=b.dropout,
+        trust_remote_code=b.trust_remote_code,
+        image_size=config.data.image_size,
+        max_length=config.data.max_length,
+        keep_layers=b.keep_layers,
     )
 
 
@@ -138,7 +170,10 @@ def _initialize(
             settings.precision,
             settings.feature_store,
         )
-        fit = policies.fit_head_linear_probe(backbone.model.head, data.features, data.targets)
+        labeled = data.targets >= 0  # distill.unlabeled examples have no class to fit
+        fit = policies.fit_head_linear_probe(
+            backbone.model.head, data.features[labeled], data.targets[labeled]
+        )
         log(f"init: head fitted by a linear probe (train accuracy {fit['accuracy']:.3f})")
     elif init.head != "default":
         policies.init_head(backbone.model.head, init.head, std=init.head_std)
@@ -193,9 +228,11 @@ def _objective(config: RunConfig, model: torch.nn.Module, train_targets: np.ndar
 
 
 def _settings(
-    config: RunConfig, device: torch.device, precision: Precision, random_batches: bool
+    config: RunConfig, device: torch.device, precision: Precision, cache_off: bool
 ) -> LoopSettings:
-    """The loop's settings: the optimizer and schedule factories, built (and checked) once."""
+    """The loop's settings: the optimizer and schedule factories, built (and checked) once.
+    ``cache_off``: no frozen-body or prefix cache (batches augmented at random, or batches that
+    must carry their teacher logits)."""
     o, s, t = config.optim, config.schedule, config.train
     optimizer = OptimizerFactory(
         name=o.name,
@@ -225,7 +262,7 @@ def _settings(
         patience=t.early_stopping_patience,
         min_delta=t.early_stopping_min_delta,
         frozen_bn_updates=t.frozen_bn == "update",
-        feature_cache=t.feature_cache and not random_batches,
+        feature_cache=t.feature_cache and not cache_off,
         feature_store=shared_store() if t.feature_cache else None,
         device=device,
         precision=precision,
@@ -254,6 +291,61 @@ def _check_closure_optimizer(config: RunConfig, backbone: Backbone, trainable: i
             f"optim.name: lbfgs does not fit this run: {reason}",
             hint="L-BFGS suits a small deterministic problem, e.g. strategy linear_probe",
         )
+
+
+def _check_distill_config(config: RunConfig) -> None:
+    """What can be refused in the ``distill:`` section before the data is read."""
+    d, data = config.distill, config.data
+    if d.unlabeled is not None and (data.mixup_alpha > 0 or data.cutmix_alpha > 0):
+        raise UsageError(
+            "distill.unlabeled: MixUp and CutMix (data.mixup_alpha, data.cutmix_alpha) blend "
+            "the labels of two examples, and an unlabeled example has none",
+            hint="turn MixUp/CutMix off, or distil without unlabeled data",
+        )
+
+
+def _unlabeled(d: DistillConfig, seed: int) -> Examples | None:
+    """The unlabeled transfer set of ``distill.unlabeled``, subsampled to ``unlabeled_size``."""
+    if d.unlabeled is None:
+        return None
+    examples = _examples(d.unlabeled, "distill.unlabeled")
+    if d.unlabeled_size is not None and d.unlabeled_size < len(examples):
+        # A plain seeded subset: labels it may have mean nothing here, so nothing to stratify.
+        rng = np.random.default_rng(seed)
+        examples = examples.subset(np.sort(rng.choice(len(examples), d.unlabeled_size, False)))
+    return examples
+
+
+def _distillation(
+    config: RunConfig,
+    teacher: Teacher,
+    train_set: Examples,
+    train_loader: Any,
+    loaders: Loaders,
+    device: torch.device,
+    log: RunLog,
+) -> tuple[Distillation, Any]:
+    """The objective's distillation term and the training loader it needs: batches with their
+    teacher logits computed once, or (batches augmented at random) the teacher run on each."""
+    d, t = config.distill, config.train
+    precision = resolve_precision(t.precision, device, cnn=teacher.loaded.backbone.is_cnn)
+    term = f"distill: teacher {d.teacher}, alpha {d.alpha}, temperature {d.temperature}"
+    if loaders.random:
+        teacher.model.to(device)
+        log(f"{term}; it runs on each training batch (they are augmented at random)")
+        return Distillation(d.alpha, d.temperature, teacher, precision), train_loader
+    started = time.perf_counter()
+    logits = teacher.logits(
+        train_set,
+        device=device,
+        precision=precision,
+        batch_size=t.eval_batch_size or 2 * t.batch_size,
+    )
+    log(
+        f"{term}; its logits of the {len(train_set)} training examples computed once in "
+        f"{time.perf_counter() - started:.1f}s"
+    )
+    return Distillation(d.alpha, d.temperature), with_teacher_logits(train_loader, logits)
 
 
 @dataclass
@@ -292,27 +384,23 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     device = select_device(config.hardware.device)
     seed_everything(config.train.seed)
     check_backbone_name(config.backbone.name, config.backbone.source)  # before the data is read
+    _check_distill_config(config)
     splits = load_splits(config.data)
+    unlabeled = _unlabeled(config.distill, config.data.seed)
     log(
         f"data: train {len(splits.train)}, validation {len(splits.validation)}, "
         f"test {len(splits.test) if splits.test else 0}"
         + "".join(f", {k} {len(v)}" for k, v in splits.extra.items())
         + f"; {len(splits.label_map)} classes"
+        + (f"; unlabeled {len(unlabeled)} (distill.unlabeled)" if unlabeled is not None else "")
     )
-    b = config.backbone
-    backbone = build_backbone(
-        b.name,
-        num_classes=len(splits.label_map),
-        source=b.source,
-        pretrained=b.pretrained,
-        head_dropout=b.head_dropout,
-        pooling=b.pooling,
-        dropout=b.dropout,
-        trust_remote_code=b.trust_remote_code,
-        image_size=config.data.image_size,
-        max_length=config.data.max_length,
+    teacher = (
+        load_teacher(config.distill.teacher, splits.label_map.names, modality=splits.train.modality)
+        if config.distill.teacher is not None
+        else None
     )
-    _check_modality(backbone, splits, b.name)
+    backbone = configured_backbone(config, len(splits.label_map))
+    _check_modality(backbone, splits, config.backbone.name)
     precision = resolve_precision(config.train.precision, device, cnn=backbone.is_cnn)
     plan = build_plan(
         config.strategy.name,
@@ -335,21 +423,35 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         config.train.seed,
         *_augmentation(config.data, backbone, len(splits.label_map)),
     )
+    if teacher is not None and loaders.random:  # the teacher will run on the student's inputs
+        check_same_preprocessing(teacher, backbone.preprocess)
     train_targets = splits.label_map.encode(splits.train.labels, splits.train.origin)
+    # Unlabeled transfer examples train with the labeled ones, for the loader only (the splits
+    # and the label map stay those of the labeled data); their target says they have no label.
+    train_set, loader_targets = splits.train, train_targets
+    if unlabeled is not None:
+        train_set = join_examples(splits.train, unlabeled, "distill.unlabeled")
+        no_label = np.full(len(unlabeled), IGNORE_INDEX, dtype=train_targets.dtype)
+        loader_targets = np.concatenate([train_targets, no_label])
     train_loader = loaders.loader(
-        splits.train,
-        train_targets,
+        train_set,
+        loader_targets,
         config.train.batch_size,
         shuffle=True,
         by_length=True,
         train=True,
     )
     _check_closure_optimizer(config, backbone, trainable)
-    settings = _settings(config, device, precision, loaders.random)
+    settings = _settings(config, device, precision, loaders.random or teacher is not None)
     steps = steps_per_epoch(len(train_loader), settings)
     for phase in plan.phases:  # a schedule option that does not apply: refused before the run
         settings.schedule.check(steps * phase.epochs)
     _initialize(config.init, backbone, train_loader, settings, log)
+    objective = _objective(config, model, train_targets)
+    if teacher is not None:
+        objective.distill, train_loader = _distillation(
+            config, teacher, train_set, train_loader, loaders, device, log
+        )
     prepared = Prepared(
         config=config,
         splits=splits,
@@ -359,7 +461,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         train_loader=train_loader,
         val_loader=None,
         settings=settings,
-        objective=_objective(config, model, train_targets),
+        objective=objective,
         device=device,
         threads=threads,
         channels_last=channels_last,

@@ -20,8 +20,9 @@ from graft.atomic import atomic_write, saving
 from graft.checkpoint import save_checkpoint
 from graft.console import EpochProgress, RunLog
 from graft.errors import Interrupted
+from graft.features.body import head_only
 from graft.prepare import Prepared
-from graft.rundir import BEST_WEIGHTS, METRICS, STEPS
+from graft.rundir import BEST_WEIGHTS, METRICS, PROBE_HEAD, STEPS
 from graft.runtime import StopRequest
 from graft.strategies.plan import Phase
 from graft.train import TrainState
@@ -109,6 +110,26 @@ class Recorder:
             hint=f"continue with `graft fit CONFIG --resume {self.run_dir}`",
         )
 
+    def _probe_phase_ended(self, state: TrainState, record: dict[str, Any]) -> bool:
+        """A head-only phase just ended and a phase that trains the body follows (LP-FT)."""
+        phases = self.prep.plan.phases
+        index = int(record["phase_index"])
+        return (
+            state.phase == index + 1
+            and index + 1 < len(phases)
+            and head_only(phases[index])
+            and not head_only(phases[index + 1])
+        )
+
+    def _save_probe_head(self) -> None:
+        """The probe's head, the linear-probe end of a WiSE-FT interpolation of this run
+        (``graft interpolate RUN --base RUN``); the body is the pretrained one."""
+        head = self.prep.backbone.model.head
+        weights = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+        path = self.run_dir / PROBE_HEAD
+        with saving(path, "probe head"):
+            atomic_write(path, lambda fh: fh.write(safetensors_save(weights)))
+
     def epoch_end(
         self, state: TrainState, record: dict[str, Any], is_best: bool, opt: Any, sched: Any
     ) -> None:
@@ -125,6 +146,8 @@ class Recorder:
             weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             with saving(self.best_path, "best weights"):
                 atomic_write(self.best_path, lambda fh: fh.write(safetensors_save(weights)))
+        if self._probe_phase_ended(state, record):
+            self._save_probe_head()
         self.checkpoint(state, opt, sched)
         self.log(
             f"epoch {record['epoch']}/{self.prep.plan.epochs} [{record['phase']}] "

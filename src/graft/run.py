@@ -191,6 +191,8 @@ def _fit(
     )
     if config.train.feature_cache and prep.loaders.random:
         log("feature cache off: training batches are augmented at random")
+    elif config.train.feature_cache and prep.objective.distill is not None:
+        log("feature cache off: distillation needs each batch's teacher logits")
 
     model = prep.backbone.model
     state = resume_state(run_dir, checkpoint, model, log) if not fresh else TrainState()

@@ -11,6 +11,7 @@ loads a model stack. ::
       steps.jsonl      one line per optimizer step   results.json   final metrics (a finished run)
       checkpoint.pt    while the run trains          best.safetensors  the best epoch's weights
       model/           model.safetensors + graft_model.json           report.html
+      probe_head.safetensors   LP-FT: the head when its probe phase ended
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ STEPS = "steps.jsonl"  # one line per optimizer step: its number and loss
 RESULTS = "results.json"  # written last: its presence means the run finished
 CHECKPOINT = "checkpoint.pt"
 BEST_WEIGHTS = "best.safetensors"
+# The head at the end of a probe phase followed by fine-tuning (LP-FT): with the pretrained body,
+# the linear-probe end of a WiSE-FT interpolation (graft interpolate --base RUN_DIR).
+PROBE_HEAD = "probe_head.safetensors"
 LOG = "log.txt"
 REPORT = "report.html"
 MODEL_DIR = "model"

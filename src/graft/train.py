@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from graft.checkpoint import restore_rng_states, rng_untouched
+from graft.distill import Distillation
 from graft.errors import TrainingDiverged
 from graft.features.body import cached_loaders, head_only
 from graft.features.prefix import cached_prefix_loaders
@@ -92,18 +93,38 @@ class Objective:
 
     ``loss_fn(logits, targets)`` (targets may be class probabilities, after MixUp/CutMix);
     ``penalties``: objects with ``penalty() -> Tensor`` added to the loss (L1, L2-SP);
-    ``constraints``: objects with ``apply()`` run after every optimizer step (max-norm, ...).
+    ``constraints``: objects with ``apply()`` run after every optimizer step (max-norm, ...);
+    ``distill``: a teacher's soft targets blended with ``loss_fn`` (:mod:`graft.distill`).
     """
 
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
     penalties: list[Any] = field(default_factory=list)
     constraints: list[Any] = field(default_factory=list)
+    distill: Distillation | None = None
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = self.loss_fn(logits.float(), targets)
+    def loss(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss of a batch's logits, penalties included; with distillation it needs the
+        teacher's logits of the batch (:meth:`batch_loss` finds them)."""
+        if self.distill is None:
+            loss = self.loss_fn(logits.float(), targets)
+        elif teacher_logits is None:
+            raise ValueError("a distillation objective needs the batch's teacher logits")
+        else:
+            loss = self.distill.loss(logits, teacher_logits, targets, self.loss_fn)
         for p in self.penalties:
             loss = loss + p.penalty()
         return loss
+
+    def batch_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The loss of one training batch, its teacher logits (if distilling) carried by the
+        batch or computed by the teacher from the batch's inputs."""
+        teacher = None if self.distill is None else self.distill.teacher_logits(batch)
+        return self.loss(logits, batch["targets"], teacher)
 
 
 class LoopHooks(Protocol):
@@ -348,7 +369,7 @@ def _train_epoch(
     device, accum = settings.device, settings.grad_accum
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     clipping = settings.max_grad_norm is not None or settings.max_grad_value is not None
-    sums = {"loss": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, **state.sums}
+    sums = _epoch_sums(state)
     started, earlier = time.perf_counter(), sums["time_s"]
     step_losses: list[float] = []  # the micro-batch losses of the current optimizer step
     optimizer.zero_grad(set_to_none=True)
@@ -357,7 +378,7 @@ def _train_epoch(
         batch = to_device(batch, device)
         with context(), autocast(device, settings.precision):
             logits = model(**batch["inputs"])
-        loss = objective.loss(logits, batch["targets"])
+        loss = objective.batch_loss(logits, batch)
         value = _finite(float(loss.detach()), state)  # before anything is applied
         # Average over the micro-batches of a step: 4 micro-batches of 32 = a step of 128.
         (loss / accum).backward()
@@ -395,7 +416,7 @@ def _full_batch_epoch(
     So the closure evaluates the mean loss over every batch (gradients accumulated, weighted by
     batch size) and the strong-Wolfe line search sees one function. The epoch's training loss
     and accuracy are those before the step."""
-    sums = {"loss": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, **state.sums}
+    sums = _epoch_sums(state)
     started, earlier = time.perf_counter(), sums["time_s"]
     n_batches = len(loader)
     if state.batch >= n_batches:  # resumed after this epoch's step: only its evaluation is left
@@ -411,7 +432,7 @@ def _full_batch_epoch(
             batch = to_device(batch, settings.device)
             with context(), autocast(settings.device, settings.precision):
                 logits = model(**batch["inputs"])
-            loss = objective.loss(logits, batch["targets"])
+            loss = objective.batch_loss(logits, batch)
             n = len(batch["targets"])
             (loss * n).backward()  # a sum over examples; divided by their count below
             total, seen = total + loss.detach() * n, seen + n
@@ -435,12 +456,23 @@ def _full_batch_epoch(
     return _epoch_record(state, sums, optimizer, sums["time_s"])
 
 
+def _epoch_sums(state: TrainState) -> dict[str, Any]:
+    """The epoch's running sums, continued from a checkpoint's. A checkpoint written before
+    unlabeled examples were counted apart had only labeled ones: ``labeled`` is ``seen``."""
+    sums = {"loss": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, **state.sums}
+    sums.setdefault("labeled", sums["seen"])
+    return sums
+
+
 def _count(sums: dict[str, Any], loss: float, logits: torch.Tensor, targets: torch.Tensor) -> int:
-    """Add one batch to the epoch's running sums; returns its size."""
+    """Add one batch to the epoch's running sums; returns its size. Accuracy counts labeled
+    examples only (an unlabeled distillation example has a negative target)."""
     hard = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix: soft targets
+    labeled = hard >= 0
     n = len(targets)
     sums["loss"] += loss * n
-    sums["correct"] += int((logits.argmax(1) == hard).sum())
+    sums["correct"] += int(((logits.argmax(1) == hard) & labeled).sum())
+    sums["labeled"] += int(labeled.sum())
     sums["seen"] += n
     return n
 
@@ -468,7 +500,7 @@ def _epoch_record(
     return {
         "step": state.step,
         "train_loss": sums["loss"] / seen,
-        "train_accuracy": sums["correct"] / seen,
+        "train_accuracy": sums["correct"] / max(sums["labeled"], 1),
         "lr": max(g["lr"] for g in optimizer.param_groups),
         "epoch_time_s": elapsed,
         "samples_per_s": sums["seen"] / max(elapsed, 1e-9),

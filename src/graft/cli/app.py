@@ -25,11 +25,13 @@ from graft.cli import (
     demo,
     evaluate,
     fit,
+    interpolate,
     listing,
     lr_find,
     predict,
     report,
     search,
+    soup,
     validate,
 )
 from graft.cli.options import Parser
@@ -50,6 +52,8 @@ examples:
   graft list strategies
   graft compare configs/vader_minilm.yaml --strategies full,linear_probe,lp_ft --seeds 3
   graft report runs/compare-vader_minilm --output report.html
+  graft interpolate runs/RUN --base pretrained --alphas 0:1:0.1
+  graft soup runs/compare-vader_minilm --greedy
 """
 
 
@@ -67,6 +71,8 @@ COMMAND_MODULES = (
     report,
     search,
     auto,
+    interpolate,
+    soup,
     listing,
 )
 

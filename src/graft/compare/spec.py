@@ -31,6 +31,7 @@ from graft.config import (
 )
 from graft.errors import DataError, UsageError
 from graft.strategies import check_strategy, strategies
+from graft.strategies import strategies as strategies_registered
 
 MANIFEST = "compare.json"
 # Fields a per-strategy override may not touch: they would break "same splits, same seeds"
@@ -181,6 +182,10 @@ def spec_from_options(
             raise UsageError(f"--strategies: item {names.index('') + 1} is empty ({strategies!r})")
         by_key = {e["label"] if "label" in e else e["name"]: e for e in data.get("strategies", [])}
         data["strategies"] = [by_key.get(n, {"name": n}) for n in names]
+        # The block's overrides for labelled entries left out here are not this compare's.
+        left_out = set(by_key) - set(names) - set(strategies_registered())
+        overrides = data.get("overrides") or {}
+        data["overrides"] = {k: v for k, v in overrides.items() if k not in left_out}
     if seeds is not None:
         try:
             parts = [int(s) for s in seeds.split(",")]

@@ -90,14 +90,17 @@ def build_backbone(
     max_length: int | None = None,
     dropout: float | None = None,
     trust_remote_code: bool = False,
+    keep_layers: list[int] | None = None,
 ) -> Backbone:
     """Build a backbone with a new ``num_classes`` head, and check its layer groups.
 
     Options of the other modality are refused with the config field named: ``pooling``,
-    ``max_length`` and ``trust_remote_code`` apply to text backbones, ``image_size`` to image
-    ones (None/False: not given). ``dropout`` sets the rate of every dropout layer inside the
-    body (None: the model's own); ``trust_remote_code`` lets a Hugging Face model run the Python
-    code it ships (off unless the config says so)."""
+    ``max_length``, ``trust_remote_code`` and ``keep_layers`` apply to text backbones,
+    ``image_size`` to image ones (None/False: not given). ``dropout`` sets the rate of every
+    dropout layer inside the body (None: the model's own); ``trust_remote_code`` lets a Hugging
+    Face model run the Python code it ships (off unless the config says so); ``keep_layers``
+    keeps those transformer layers of the encoder, in order, and drops the others (a smaller
+    student initialised from them)."""
     fam_name, model_name = resolve_source(name, source)
     fam = family(fam_name)
     given = {
@@ -105,6 +108,7 @@ def build_backbone(
         "pooling": pooling,
         "max_length": max_length,
         "trust_remote_code": trust_remote_code or None,
+        "keep_layers": keep_layers,
     }
     options = {k: v for k, v in given.items() if v is not None}
     wrong = [k for k in options if k not in MODALITY_OPTIONS[fam.modality]]

@@ -162,13 +162,14 @@ NameTest = Callable[[str], bool]
 # field each comes from: an option of the other modality is refused, naming that field.
 MODALITY_OPTIONS: dict[Modality, tuple[str, ...]] = {
     "image": ("image_size",),
-    "text": ("pooling", "max_length", "trust_remote_code"),
+    "text": ("pooling", "max_length", "trust_remote_code", "keep_layers"),
 }
 OPTION_FIELDS = {
     "image_size": "data.image_size",
     "pooling": "backbone.pooling",
     "max_length": "data.max_length",
     "trust_remote_code": "backbone.trust_remote_code",
+    "keep_layers": "backbone.keep_layers",
 }
 
 

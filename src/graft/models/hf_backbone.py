@@ -59,9 +59,10 @@ class TextEncoder(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-def encoder_groups(encoder: nn.Module, num_layers: int, prefix: str) -> list[LayerGroup]:
-    """Embeddings (everything before the layer list), each layer, then anything after it (a final
-    norm) joined to the last layer's group."""
+def layer_list(encoder: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
+    """The encoder's transformer layers: the first ``nn.ModuleList`` of ``num_layers`` modules,
+    with its name inside the encoder (``encoder.layer`` for BERT, ``transformer.layer`` for
+    DistilBERT)."""
     layers = next(
         (
             (name, m)
@@ -74,7 +75,55 @@ def encoder_groups(encoder: nn.Module, num_layers: int, prefix: str) -> list[Lay
         raise DataError(
             f"cannot find the {num_layers} transformer layers of {type(encoder).__name__}"
         )
-    list_name = layers[0]
+    return layers
+
+
+def _keep_layers_problem(keep: list[int], total: int, name: str) -> str | None:
+    """What is wrong with ``backbone.keep_layers`` for an encoder of ``total`` layers, if any."""
+    if not keep:
+        return "is empty"
+    if any(not 0 <= i < total for i in keep):
+        return f"has an index out of range: {name} has {total} layers, 0 to {total - 1}"
+    if len(set(keep)) != len(keep):
+        return "repeats a layer"
+    if keep != sorted(keep):
+        return "must be in increasing order (layers stay in the order of the network)"
+    return None
+
+
+def keep_encoder_layers(encoder: nn.Module, keep: list[int], name: str) -> None:
+    """Keep the transformer layers ``keep`` of ``encoder`` (in place, in that order) and drop
+    the others: DistilBERT's initialisation of a smaller student from its teacher's layers (Sanh
+    et al. 2019 kept one layer in two). ``config.num_hidden_layers`` follows, so the saved spec
+    (``hf_config``) rebuilds the smaller model."""
+    total = int(encoder.config.num_hidden_layers)  # type: ignore[union-attr, arg-type]
+    problem = _keep_layers_problem(keep, total, name)
+    if problem is not None:
+        raise UsageError(
+            f"backbone.keep_layers: {keep} {problem}",
+            hint=f"distinct layer indexes from 0 to {total - 1}, in increasing order",
+        )
+    list_name, layers = layer_list(encoder, total)
+    parent, _, attribute = list_name.rpartition(".")
+    kept = nn.ModuleList([layers[i] for i in keep])
+    for position, layer in enumerate(kept):
+        # Attention modules number themselves for a key/value cache: keep that numbering dense.
+        for module in layer.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                setattr(module, "layer_idx", position)  # noqa: B010  (mypy: Tensor | Module)
+    setattr(encoder.get_submodule(parent) if parent else encoder, attribute, kept)
+    config: Any = encoder.config
+    # Per-layer settings in the config (e.g. `layer_types` of newer models) must shrink too.
+    types = getattr(config, "layer_types", None)
+    if isinstance(types, list) and len(types) == total:
+        config.layer_types = [types[i] for i in keep]
+    config.num_hidden_layers = len(keep)
+
+
+def encoder_groups(encoder: nn.Module, num_layers: int, prefix: str) -> list[LayerGroup]:
+    """Embeddings (everything before the layer list), each layer, then anything after it (a final
+    norm) joined to the last layer's group."""
+    list_name, _ = layer_list(encoder, num_layers)
     groups: list[LayerGroup] = [LayerGroup("embeddings", [])]
     groups += [LayerGroup(f"layer.{i}", []) for i in range(num_layers)]
     after_layers = False
@@ -117,6 +166,7 @@ def build_hf(
     hf_config: dict[str, Any] | None = None,
     tokenizer_dir: str | None = None,
     trust_remote_code: bool = False,
+    keep_layers: list[int] | None = None,
 ) -> Backbone:
     """A Hugging Face encoder with a new head. With ``hf_config`` (a saved model's), the
     architecture is rebuilt from it without downloading or loading pretrained weights.
@@ -124,6 +174,8 @@ def build_hf(
     ``trust_remote_code`` is passed explicitly to every loader: off, a model or tokenizer that
     ships its own Python code (``auto_map`` in its config) is refused, never run. A saved model's
     description cannot turn it on: a rebuild (``hf_config`` given) that asks for it is refused.
+    ``keep_layers``: see :func:`keep_encoder_layers` (a saved model's ``hf_config`` already
+    holds the smaller layer count, so a rebuild never needs it).
     """
     if trust_remote_code and hf_config is not None:
         # A saved model is rebuilt from its graft_model.json, a file that may come from anyone;
@@ -173,6 +225,8 @@ def build_hf(
         # Pooling happens in TextEncoder; an unused pooler would only hold dead parameters
         # (and break DistributedDataParallel's "every parameter gets a gradient").
         encoder.pooler = None
+    if keep_layers is not None:
+        keep_encoder_layers(encoder, list(keep_layers), name)
     body = TextEncoder(encoder, pooling)
     limit = max_positions(encoder.config, tokenizer)
     if max_length is None:  # the default: 128 tokens, or fewer if the model reads fewer
