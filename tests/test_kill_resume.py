@@ -543,9 +543,14 @@ def test_nan_loss_stops_with_exit_4_and_keeps_the_last_good_checkpoint(
     real = graft.train.Objective.loss
     calls = []
 
-    def loss(self: graft.train.Objective, logits: torch.Tensor, targets: torch.Tensor) -> Any:
+    def loss(
+        self: graft.train.Objective,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> Any:
         calls.append(1)
-        value = real(self, logits, targets)
+        value = real(self, logits, targets, teacher_logits)
         return value * float("nan") if len(calls) == 6 else value
 
     monkeypatch.setattr(graft.train.Objective, "loss", loss)
