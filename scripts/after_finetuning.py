@@ -128,39 +128,28 @@ def wise_ft(args: argparse.Namespace) -> None:
     ]
     merged: dict[str, list[Path]] = {}
     runs_table: list[dict[str, Any]] = []
-    for label in tuned:
-        for run in by_label[label]:
-            target = cdir / f"{run.name}-wise_ft"
-            if not (target / "results.json").is_file():
-                base = str(run) if label == "lp_ft" else "pretrained"
-                interpolate(
-                    run,
-                    base=base,
-                    alphas=args.alphas,
-                    output=target,
-                    label=f"wise_ft_{label}",
-                    force=True,
-                )
-            merged.setdefault(f"wise_ft_{label}", []).append(target)
-            info = _results(target)["interpolation"]
-            runs_table.append(
-                {
-                    "run": run.name,
-                    "alpha": info["alpha"],
-                    **{f"{s}": round(100 * a, 2) for s, a in _sets(_results(target)).items()},
-                }
-            )
-        for method in ("greedy", "uniform"):
-            target = cdir / f"soup-{label}-{method}"
-            if not (target / "results.json").is_file():
-                soup(
-                    by_label[label],
-                    method=method,
-                    output=target,
-                    label=f"{method}_soup_{label}",
-                    force=True,
-                )
-            merged[f"{method}_soup_{label}"] = [target]
+    # BatchNorm statistics mixed like the weights, and (--bn-stats both) measured again.
+    variants = [("mix", "")] + ([("recompute", "_bn")] if args.bn_stats == "both" else [])
+    for bn_stats, suffix in variants:
+        for label in tuned:
+            for run in by_label[label]:
+                target = cdir / f"{run.name}-wise_ft{suffix}"
+                name = f"wise_ft{suffix}_{label}"
+                if not (target / "results.json").is_file():
+                    base = str(run) if label == "lp_ft" else "pretrained"
+                    interpolate(run, base=base, alphas=args.alphas, output=target, label=name,
+                                bn_stats=bn_stats, force=True)  # fmt: skip
+                merged.setdefault(name, []).append(target)
+                info = _results(target)["interpolation"]
+                sets = {s: round(100 * a, 2) for s, a in _sets(_results(target)).items()}
+                runs_table.append({"run": f"{run.name}{suffix}", "alpha": info["alpha"], **sets})
+            for method in ("greedy", "uniform"):
+                target = cdir / f"soup-{label}-{method}{suffix}"
+                name = f"{method}_soup{suffix}_{label}"
+                if not (target / "results.json").is_file():
+                    soup(by_label[label], method=method, output=target, label=name,
+                         bn_stats=bn_stats, force=True)  # fmt: skip
+                merged[name] = [target]
     everything = {**by_label, **merged}
     rows = [_row(label, dirs) for label, dirs in everything.items()]
     _write_tables(Path(args.out), rows, runs_table)
@@ -258,6 +247,7 @@ def main() -> None:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--alphas", default="0:1:0.1")
+    p.add_argument("--bn-stats", choices=["mix", "both"], default="mix")
     p.add_argument("--out", required=True)
     p.set_defaults(run=wise_ft)
     p = sub.add_parser("distill")

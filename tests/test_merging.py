@@ -368,3 +368,40 @@ def test_mismatched_models_and_sets_are_refused(
     _refused(["interpolate", ft, "--alphas", "0,1", "-o", str(out)], 2, "already exists", capsys)
     assert (out / "keep.txt").read_text() == "mine"
     assert not list(tmp_path.glob(".x.tmp-*"))
+
+
+def test_recomputed_batchnorm_statistics_are_the_soups_own_activations(
+    image_runs: list[Path], tmp_path: Path
+) -> None:
+    from graft.config import load_config
+    from graft.pipeline import Loaders
+    from graft.prepare import load_splits
+
+    out = tmp_path / "uniform-bn"
+    args = ["soup", *map(str, image_runs), "--uniform", "--bn-stats", "recompute", "-o", str(out)]
+    assert main(args) == 0
+    soup = load_model(out)
+    model = soup.backbone.model.eval()
+    name, first = next(
+        (n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+    )
+    # By hand: the mean over the training batches of each batch's per-channel input mean (the
+    # first BatchNorm's input does not depend on any BatchNorm statistics).
+    config = load_config(image_runs[0] / "config.yaml")
+    train = load_splits(config.data).train
+    loaders = Loaders(soup.backbone.preprocess, None, False, 0, 0)
+    batch_means: list[torch.Tensor] = []
+    hook = first.register_forward_pre_hook(
+        lambda _m, inputs: batch_means.append(inputs[0].mean(dim=(0, 2, 3)))
+    )
+    with torch.no_grad():
+        for batch in loaders.loader(train, None, 2 * config.train.batch_size, shuffle=False):
+            model(**batch["inputs"])
+    hook.remove()
+    expected = torch.stack(batch_means).mean(0)
+    torch.testing.assert_close(first.running_mean, expected, rtol=1e-4, atol=1e-5)
+    # ... and not the average of the ingredients' statistics.
+    states = [load_file(str(r / "model" / "model.safetensors")) for r in image_runs]
+    key = f"{name}.running_mean"
+    assert not torch.allclose(sum(s[key] for s in states) / 3, first.running_mean, atol=1e-4)
+    assert _results(out)["soup"]["bn_stats"] == "recompute"

@@ -31,6 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--label", default="wise_ft", help="its row's name in `graft report` (default: wise_ft)"
     )
+    p.add_argument(
+        "--bn-stats",
+        choices=["mix", "recompute"],
+        default="mix",
+        help="BatchNorm running statistics: mixed like the weights (default), or measured "
+        "again on the training examples",
+    )
     p.add_argument("--force", action="store_true", help="replace --output if it exists")
 
 
@@ -44,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         select=args.select,
         output=args.output,
         label=args.label,
+        bn_stats=args.bn_stats,
         force=args.force,
     )
     print(f"model: {target / 'model'}   report: {target / 'report.html'}")

@@ -25,6 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--label", help="its row's name in `graft report` (default: greedy_soup / uniform_soup)"
     )
+    p.add_argument(
+        "--bn-stats",
+        choices=["mix", "recompute"],
+        default="mix",
+        help="BatchNorm running statistics: mixed like the weights (default), or measured "
+        "again on the training examples",
+    )
     p.add_argument("--force", action="store_true", help="replace --output if it exists")
 
 
@@ -32,7 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from graft.merging.soup import soup
 
     target = soup(
-        args.runs, method=args.method, output=args.output, label=args.label, force=args.force
+        args.runs,
+        method=args.method,
+        output=args.output,
+        label=args.label,
+        bn_stats=args.bn_stats,
+        force=args.force,
     )
     print(f"model: {target / 'model'}   report: {target / 'report.html'}")
     return 0

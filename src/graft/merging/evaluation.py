@@ -21,10 +21,10 @@ from graft.features.body import compute_features
 from graft.features.store import shared_store
 from graft.metrics import classification_metrics
 from graft.models import Backbone
-from graft.pipeline import Batch, Loaders, same_batches
+from graft.pipeline import Batch, Loaders, same_batches, to_device
 from graft.prepare import load_splits
 from graft.rundir import CONFIG, MODEL_DIR, read_run_meta
-from graft.runtime import Precision, resolve_precision, select_device
+from graft.runtime import Precision, autocast, resolve_precision, select_device
 from graft.train import evaluate
 
 VALIDATION = "validation"
@@ -58,6 +58,7 @@ class EvalSets:
     device: torch.device
     precision: Precision
     fingerprint: str
+    _train_batches: DataLoader[Batch] | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -102,6 +103,33 @@ class EvalSets:
         """The body's features over ``loader``'s examples (see :func:`compute_features`)."""
         store = shared_store() if self.config.train.feature_cache else None
         return compute_features(model, loader, self.device, self.precision, store)
+
+    def recompute_batchnorm(self, model: torch.nn.Module) -> int:
+        """Replace the BatchNorm running statistics of ``model`` by those of its own activations
+        on the run's training examples (un-augmented), a cumulative average over one pass.
+        Mixed weights do not have the mixed statistics: an interpolated or averaged network's
+        activations have their own mean and variance, often smaller (Jordan et al. 2023,
+        "REPAIR"). Returns how many BatchNorm layers were reset (0: none, nothing ran)."""
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return 0
+        if self._train_batches is None:
+            self._train_batches = self.loader(self.splits.train)
+        momenta = [m.momentum for m in norms]
+        model.eval()  # dropout off: only the BatchNorm layers gather statistics
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the pass, not an exponential one
+            m.train()
+        try:
+            with torch.no_grad(), autocast(self.device, self.precision):
+                for batch in self._train_batches:
+                    model(**to_device(batch, self.device)["inputs"])
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            model.eval()
+        return len(norms)
 
     def _metrics(self, out: dict[str, Any]) -> dict[str, Any]:
         preds = out["logits"].argmax(1).numpy()

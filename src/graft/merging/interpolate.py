@@ -39,7 +39,7 @@ from graft.merging.evaluation import (
     run_dir_of,
 )
 from graft.merging.output import check_label, check_target, common_results, write_merged
-from graft.merging.weights import check_same_model, cpu_state, interpolate_states
+from graft.merging.weights import BnStats, check_same_model, cpu_state, interpolate_states
 from graft.prepare import configured_backbone
 from graft.rundir import CONFIG, MODEL_DIR, PROBE_HEAD, read_results
 from graft.runtime import keep_freed_memory, set_threads
@@ -260,12 +260,15 @@ def interpolate(
     select: str = VALIDATION,
     output: str | Path | None = None,
     label: str = "wise_ft",
+    bn_stats: BnStats = "mix",
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Interpolate the fine-tuned run ``tuned`` with ``base``, measure every α, write the model
     of the α chosen on ``select`` (with the whole curve) and return its directory (default:
-    ``<tuned>-wise_ft`` beside the run). ``label`` names its row in ``graft report``."""
+    ``<tuned>-wise_ft`` beside the run). ``label`` names its row in ``graft report``.
+    ``bn_stats``: BatchNorm running statistics mixed like the weights (``mix``), or measured
+    again on the training examples for every 0 < α < 1 (``recompute``)."""
     started = time.perf_counter()
     check_label(label)
     values = (
@@ -301,6 +304,8 @@ def interpolate(
             metrics = sets.measure_head(resolved.model.backbone.model.to(sets.device))
         else:
             model.load_state_dict(interpolate_states(base_state, tuned_state, alpha))
+            if bn_stats == "recompute" and 0.0 < alpha < 1.0:  # the ends stay exactly theirs
+                sets.recompute_batchnorm(model)
             metrics = sets.measure(model)
         points.append({"alpha": alpha, "sets": _compact(metrics), "full": metrics})
         log(
@@ -310,10 +315,13 @@ def interpolate(
         )
     chosen = choose(points, select)
     model.load_state_dict(interpolate_states(base_state, tuned_state, chosen["alpha"]))
+    if bn_stats == "recompute" and 0.0 < chosen["alpha"] < 1.0:
+        sets.recompute_batchnorm(model)
     log(f"chosen on {select}: α = {chosen['alpha']:.2f}")
     details = {
         "alpha": chosen["alpha"],
         "select": select,
+        "bn_stats": bn_stats,
         "base": base,
         "base_description": resolved.description,
         "tuned": str(run_dir),

@@ -25,7 +25,7 @@ from graft.compare.records import collect_runs
 from graft.errors import UsageError
 from graft.merging.evaluation import TEST, VALIDATION, eval_sets
 from graft.merging.output import check_label, check_target, common_results, write_merged
-from graft.merging.weights import average_states, check_same_model, cpu_state
+from graft.merging.weights import BnStats, average_states, check_same_model, cpu_state
 from graft.rundir import MODEL_DIR
 from graft.runtime import keep_freed_memory, set_threads
 
@@ -43,13 +43,15 @@ def soup(
     method: Method = "greedy",
     output: str | Path | None = None,
     label: str | None = None,
+    bn_stats: BnStats = "mix",
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Make the ``method`` soup of the finished runs under ``paths``, measure it on their
     evaluation sets, write it like a run (default: ``<best run>-<method>_soup`` beside it) and
     return its directory. ``label`` names its row in ``graft report`` (default: greedy_soup or
-    uniform_soup)."""
+    uniform_soup); ``bn_stats``: BatchNorm running statistics averaged like the weights
+    (``mix``) or measured again on the training examples for each soup (``recompute``)."""
     started = time.perf_counter()
     label = label or f"{method}_soup"
     check_label(label)
@@ -90,8 +92,13 @@ def soup(
     states = [cpu_state(m.backbone.model) for _, m in models]
     model = head.backbone.model.to(sets.device)
 
-    def validation_of(members: list[int]) -> float:
+    def load(members: list[int]) -> None:
         model.load_state_dict(average_states([states[i] for i in members]))
+        if bn_stats == "recompute" and len(members) > 1:  # one ingredient stays exactly itself
+            sets.recompute_batchnorm(model)
+
+    def validation_of(members: list[int]) -> float:
+        load(members)
         return float(sets.measure(model, [VALIDATION])[VALIDATION]["accuracy"])
 
     ingredients: list[dict[str, Any]] = []
@@ -115,7 +122,7 @@ def soup(
         ingredients = [_ingredient(records[i], scores[i], True, None) for i in order]
     else:
         raise UsageError(f"soup method {method!r}: greedy or uniform")
-    model.load_state_dict(average_states([states[i] for i in kept]))
+    load(kept)
     metrics = sets.measure(model)
     log(
         f"{method} soup of {len(kept)} of {len(records)} runs: "
@@ -130,7 +137,12 @@ def soup(
     # The soup's cost is every ingredient's fine-tuning, not only the best one's.
     results["wall_time_s"] = sum(float(r.results.get("wall_time_s") or 0.0) for r in records)
     results["wall_time_s"] += results["merge_time_s"]
-    results["soup"] = {"method": method, "kept": len(kept), "ingredients": ingredients}
+    results["soup"] = {
+        "method": method,
+        "kept": len(kept),
+        "bn_stats": bn_stats,
+        "ingredients": ingredients,
+    }
     from graft.reports.merging import render_soup_report
 
     return write_merged(

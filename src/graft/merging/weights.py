@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -19,6 +19,8 @@ from graft.artifact import LoadedModel
 from graft.errors import UsageError
 
 State = Mapping[str, torch.Tensor]
+# BatchNorm running statistics of a mixed model: mixed like the weights, or measured again.
+BnStats = Literal["mix", "recompute"]
 
 
 def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
