@@ -20,6 +20,7 @@ from graft.data.types import Examples, LabelMap
 from graft.errors import DataError, GraftError, UsageError
 from graft.models import Backbone, rebuild
 from graft.models.hf_backbone import save_tokenizer
+from graft.runtime import Precision
 from graft.safe_load import require_finite, weights_mismatch, weights_only_loading
 
 WEIGHTS = "model.safetensors"
@@ -103,18 +104,30 @@ class LoadedModel:
             return Examples("text", texts, ["?"] * len(texts), "inputs")
         return Examples("image", [Path(x) for x in items], ["?"] * len(items), "inputs")
 
-    def logits(self, examples: Examples, batch_size: int = 64) -> torch.Tensor:
-        from graft.pipeline import Loaders
-        from graft.runtime import no_grad_eval
+    def logits(
+        self,
+        examples: Examples,
+        batch_size: int = 64,
+        *,
+        device: torch.device | None = None,
+        precision: Precision = "fp32",
+    ) -> torch.Tensor:
+        """The model's logits of ``examples``, in their order (float32, on the CPU), computed
+        on ``device`` (default: the CPU) under ``precision``, in eval mode without autograd.
+        Texts are batched by length: padding is masked, so it only costs time."""
+        from graft.pipeline import Loaders, batches_once
+        from graft.runtime import autocast, no_grad_eval
 
         examples = self.examples(examples)
+        device = device or torch.device("cpu")
         loaders = Loaders(self.backbone.preprocess, self.backbone.tokenizer, False, 0, 0)
-        out = []
-        model = self.backbone.model
-        with no_grad_eval(model):
-            for batch in loaders.loader(examples, None, batch_size, shuffle=False):
-                out.append(model(**batch["inputs"]).float())
-        return torch.cat(out) if out else torch.empty(0, len(self.label_map))
+        loader = loaders.loader(examples, None, batch_size, shuffle=False, by_length=True)
+        out = torch.empty((len(examples), len(self.label_map)), dtype=torch.float32)
+        model = self.backbone.model.to(device)
+        with no_grad_eval(model), autocast(device, precision):
+            for index, batch in batches_once(loader, device):
+                out[torch.as_tensor(index)] = model(**batch["inputs"]).float().cpu()
+        return out
 
     def evaluate(self, examples: Examples, batch_size: int = 64) -> dict[str, Any]:
         """Classification metrics on labeled examples (labels must be among the model's)."""

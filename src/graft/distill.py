@@ -40,8 +40,8 @@ from graft.artifact import LoadedModel, load_model
 from graft.data.types import Examples
 from graft.errors import DataError, UsageError
 from graft.models import GraftModel, ImagePreprocess, TextPreprocess
-from graft.pipeline import Batch, Loaders, batches_once, same_batches
-from graft.runtime import Precision, autocast, no_grad_eval
+from graft.pipeline import Batch, same_batches
+from graft.runtime import Precision, autocast
 
 # The target of an example without a label (distill.unlabeled); F.cross_entropy's ignore_index.
 IGNORE_INDEX = -100
@@ -114,17 +114,9 @@ class Teacher:
     ) -> Tensor:
         """The teacher's logits of every example, in the examples' order and the student's label
         order, computed on ``device`` with the teacher's own preprocessing and tokenizer, in
-        eval mode and without autograd (as :meth:`graft.artifact.LoadedModel.logits` does)."""
-        backbone = self.loaded.backbone
-        loaders = Loaders(backbone.preprocess, backbone.tokenizer, False, 0, 0)
-        # Texts batched by length pad little; padding is masked, so the logits are the same.
-        loader = loaders.loader(examples, None, batch_size, shuffle=False, by_length=True)
-        out = torch.empty((len(examples), len(self.order)), dtype=torch.float32)
-        model = self.model.to(device)
-        with no_grad_eval(model), autocast(device, precision):
-            for index, batch in batches_once(loader, device):
-                out[torch.as_tensor(index)] = self.logits_of(batch["inputs"]).cpu()
-        return out
+        eval mode and without autograd (:meth:`graft.artifact.LoadedModel.logits`)."""
+        logits = self.loaded.logits(examples, batch_size, device=device, precision=precision)
+        return logits[:, self.order]
 
 
 def load_teacher(

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -131,6 +130,15 @@ class EvalSets:
             model.eval()
         return len(norms)
 
+    def as_results(self, metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Metrics of every set (:meth:`measure`) in a run's results layout: validation, test,
+        extra."""
+        return {
+            "validation": metrics[VALIDATION],
+            "test": metrics.get(TEST),
+            "extra": {n: metrics[n] for n in self.extra_names},
+        }
+
     def _metrics(self, out: dict[str, Any]) -> dict[str, Any]:
         preds = out["logits"].argmax(1).numpy()
         return classification_metrics(out["targets"], preds, self.labels, loss=out["loss"])
@@ -161,9 +169,3 @@ def eval_sets(run_dir: Path, backbone: Backbone, label_names: list[str]) -> Eval
     named = {VALIDATION: splits.validation, TEST: splits.test, **splits.extra}
     sets.batches = {name: sets.loader(ex) for name, ex in named.items() if ex is not None}
     return sets
-
-
-def train_targets(sets: EvalSets) -> np.ndarray:
-    """The class indexes of the run's training set."""
-    train = sets.splits.train
-    return sets.splits.label_map.encode(train.labels, train.origin)

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from graft.artifact import META, LoadedModel, load_model
-from graft.config import RunConfig
+from graft.config import RunConfig, load_config
 from graft.errors import DataError, UsageError
 from graft.init import fit_head_linear_probe
 from graft.merging.evaluation import (
@@ -148,7 +148,8 @@ def resolve_base(base: str, ft: LoadedModel, sets: EvalSets, log: Callable[[str]
         path = Path(base)
         run_dir = path.parent if path.name == MODEL_DIR else path
         if (run_dir / PROBE_HEAD).is_file():
-            if _section(run_dir, "backbone") != _section(sets.run_dir, "backbone"):
+            probe_config = load_config(run_dir / CONFIG)
+            if probe_config.backbone != sets.config.backbone:
                 raise UsageError(f"--base {base}: another backbone than the fine-tuned run's")
             labels = _saved_labels(run_dir)
             if labels != list(ft.label_map.names):
@@ -156,8 +157,8 @@ def resolve_base(base: str, ft: LoadedModel, sets: EvalSets, log: Callable[[str]
                     f"--base {base}: its classes {labels} differ from the fine-tuned model's "
                     f"{list(ft.label_map.names)}"
                 )
-            init = _section(run_dir, "init") or {}
-            if init.get("body", "pretrained") != "pretrained" or init.get("reinit_top", 0):
+            init = probe_config.init
+            if init.body != "pretrained" or init.reinit_top:
                 raise UsageError(
                     f"--base {base}: its probe phase trained on a re-initialized body "
                     "(init.body / init.reinit_top), not the pretrained one"
@@ -189,17 +190,6 @@ def start_mismatch(base: str, config: RunConfig, lp_ft_base: bool) -> str | None
     if lp_ft_base:
         return None
     return "its start is not this model (a linear-probe run trained its head on its own)"
-
-
-def _section(run_dir: Path, name: str) -> Any:
-    """A section of a run's saved config."""
-    import yaml
-
-    try:
-        data = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise DataError(f"{run_dir / CONFIG}: unreadable ({e})") from None
-    return data.get(name) if isinstance(data, dict) else None
 
 
 def _saved_labels(run_dir: Path) -> list[str]:
@@ -241,15 +231,6 @@ def check_select(select: str, sets: EvalSets) -> str:
             hint=f"val, or one of its extra sets: {', '.join(sets.extra_names) or 'none'}",
         )
     return select
-
-
-def _split_results(metrics: dict[str, dict[str, Any]], sets: EvalSets) -> dict[str, Any]:
-    """A run's results layout: validation, test, extra."""
-    return {
-        "validation": metrics[VALIDATION],
-        "test": metrics.get(TEST),
-        "extra": {n: metrics[n] for n in sets.extra_names},
-    }
 
 
 def interpolate(
@@ -327,9 +308,7 @@ def interpolate(
         "tuned": str(run_dir),
         "curve": [{"alpha": p["alpha"], **p["sets"]} for p in points],
     }
-    results = common_results(
-        source, label, target.name, started, _split_results(chosen["full"], sets)
-    )
+    results = common_results(source, label, target.name, started, sets.as_results(chosen["full"]))
     results["interpolation"] = details
     from graft.reports.merging import render_interpolation_report
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from graft.artifact import LoadedModel, load_model
 from graft.compare.records import collect_runs
 from graft.errors import UsageError
-from graft.merging.evaluation import TEST, VALIDATION, eval_sets
+from graft.merging.evaluation import VALIDATION, eval_sets
 from graft.merging.output import check_label, check_target, common_results, write_merged
 from graft.merging.weights import BnStats, average_states, check_same_model, cpu_state
 from graft.rundir import MODEL_DIR
@@ -128,12 +128,7 @@ def soup(
         f"{method} soup of {len(kept)} of {len(records)} runs: "
         + "  ".join(f"{n} {m['accuracy']:.4f}" for n, m in metrics.items())
     )
-    evaluated = {
-        "validation": metrics[VALIDATION],
-        "test": metrics.get(TEST),
-        "extra": {n: metrics[n] for n in sets.extra_names},
-    }
-    results = common_results(best.results, label, target.name, started, evaluated)
+    results = common_results(best.results, label, target.name, started, sets.as_results(metrics))
     # The soup's cost is every ingredient's fine-tuning, not only the best one's.
     results["wall_time_s"] = sum(float(r.results.get("wall_time_s") or 0.0) for r in records)
     results["wall_time_s"] += results["merge_time_s"]
