@@ -8,6 +8,7 @@ Never a pickle of the training objects: weights through safetensors, everything 
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from graft.atomic import atomic_write, atomic_write_text
 from graft.data.types import Examples, LabelMap
 from graft.errors import DataError, GraftError, UsageError
 from graft.models import Backbone, rebuild
+from graft.models.base import ImagePreprocess, TextPreprocess
 from graft.models.hf_backbone import save_tokenizer
 from graft.runtime import Precision
 from graft.safe_load import require_finite, weights_mismatch, weights_only_loading
@@ -59,18 +61,50 @@ def save_model(
     atomic_write_text(folder / META, json.dumps(meta, indent=1))
 
 
-@dataclass
-class LoadedModel:
-    """A saved model ready for evaluation and prediction."""
+class Predictor(ABC):
+    """A saved model that maps inputs to class logits: graft's own PyTorch model
+    (:class:`LoadedModel`), or an exported or quantized one that another engine runs
+    (:mod:`graft.deploy`). Evaluation and prediction are the same for every kind; each kind
+    says how it computes logits."""
 
-    backbone: Backbone
     label_map: LabelMap
     meta: dict[str, Any]
     folder: Path
 
     @property
+    @abstractmethod
     def modality(self) -> str:
-        return self.backbone.modality
+        """``"image"`` or ``"text"``."""
+
+    @property
+    @abstractmethod
+    def preprocess(self) -> ImagePreprocess | TextPreprocess:
+        """How raw inputs become model inputs (graft's pipeline applies it)."""
+
+    @property
+    @abstractmethod
+    def tokenizer(self) -> Any:
+        """The tokenizer of a text model (``None`` for an image model)."""
+
+    @abstractmethod
+    def logits(
+        self,
+        examples: Examples,
+        batch_size: int = 64,
+        *,
+        device: torch.device | None = None,
+        precision: Precision = "fp32",
+    ) -> torch.Tensor:
+        """The logits of ``examples``, in their order (float32, on the CPU)."""
+
+    def loader(self, examples: Examples, batch_size: int) -> Any:
+        """Batches of ``examples`` from graft's pipeline with this model's preprocessing; texts
+        are grouped by length (padding is masked, so it only costs time), and each batch
+        carries the indices of its examples."""
+        from graft.pipeline import Loaders
+
+        loaders = Loaders(self.preprocess, self.tokenizer, False, 0, 0)
+        return loaders.loader(examples, None, batch_size, shuffle=False, by_length=True)
 
     def examples(self, inputs: Examples | Sequence[str | Path]) -> Examples:
         """``inputs`` as unlabeled examples of this model's kind: texts for a text model, image
@@ -104,31 +138,6 @@ class LoadedModel:
             return Examples("text", texts, ["?"] * len(texts), "inputs")
         return Examples("image", [Path(x) for x in items], ["?"] * len(items), "inputs")
 
-    def logits(
-        self,
-        examples: Examples,
-        batch_size: int = 64,
-        *,
-        device: torch.device | None = None,
-        precision: Precision = "fp32",
-    ) -> torch.Tensor:
-        """The model's logits of ``examples``, in their order (float32, on the CPU), computed
-        on ``device`` (default: the CPU) under ``precision``, in eval mode without autograd.
-        Texts are batched by length: padding is masked, so it only costs time."""
-        from graft.pipeline import Loaders, batches_once
-        from graft.runtime import autocast, no_grad_eval
-
-        examples = self.examples(examples)
-        device = device or torch.device("cpu")
-        loaders = Loaders(self.backbone.preprocess, self.backbone.tokenizer, False, 0, 0)
-        loader = loaders.loader(examples, None, batch_size, shuffle=False, by_length=True)
-        out = torch.empty((len(examples), len(self.label_map)), dtype=torch.float32)
-        model = self.backbone.model.to(device)
-        with no_grad_eval(model), autocast(device, precision):
-            for index, batch in batches_once(loader, device):
-                out[torch.as_tensor(index)] = model(**batch["inputs"]).float().cpu()
-        return out
-
     def evaluate(self, examples: Examples, batch_size: int = 64) -> dict[str, Any]:
         """Classification metrics on labeled examples (labels must be among the model's)."""
         from graft.metrics import classification_metrics
@@ -160,6 +169,50 @@ class LoadedModel:
             }
             for b, p in zip(best, probs, strict=True)
         ]
+
+
+@dataclass
+class LoadedModel(Predictor):
+    """A saved graft model in PyTorch, ready for evaluation and prediction."""
+
+    backbone: Backbone
+    label_map: LabelMap
+    meta: dict[str, Any]
+    folder: Path
+
+    @property
+    def modality(self) -> str:
+        return self.backbone.modality
+
+    @property
+    def preprocess(self) -> ImagePreprocess | TextPreprocess:
+        return self.backbone.preprocess
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.backbone.tokenizer
+
+    def logits(
+        self,
+        examples: Examples,
+        batch_size: int = 64,
+        *,
+        device: torch.device | None = None,
+        precision: Precision = "fp32",
+    ) -> torch.Tensor:
+        """The model's logits of ``examples``, in their order (float32, on the CPU), computed
+        on ``device`` (default: the CPU) under ``precision``, in eval mode without autograd."""
+        from graft.pipeline import batches_once
+        from graft.runtime import autocast, no_grad_eval
+
+        examples = self.examples(examples)
+        device = device or torch.device("cpu")
+        out = torch.empty((len(examples), len(self.label_map)), dtype=torch.float32)
+        model = self.backbone.model.to(device)
+        with no_grad_eval(model), autocast(device, precision):
+            for index, batch in batches_once(self.loader(examples, batch_size), device):
+                out[torch.as_tensor(index)] = model(**batch["inputs"]).float().cpu()
+        return out
 
 
 def load_model(folder: str | Path) -> LoadedModel:

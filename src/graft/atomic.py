@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -144,3 +145,38 @@ def _os_error(error: BaseException) -> OSError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def check_target(target: Path, force: bool, option: str = "--output") -> None:
+    """Refuse an existing, non-empty output folder unless ``force``; its parent must be
+    writable. Call it before any work, so that a mistake costs nothing."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
+        raise UsageError(
+            f"{option} {target}: already exists",
+            hint=f"choose another {option}, or give --force to replace it",
+        )
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(parent, option)
+
+
+@contextlib.contextmanager
+def staged_dir(target: Path, what: str) -> Iterator[Path]:
+    """A temporary folder beside ``target`` to write a whole output into; renamed to ``target``
+    (replacing what was there) when the block ends without an error, removed otherwise. An
+    error or a kill leaves nothing half-written at ``target``. OSErrors become a
+    :class:`SaveError` naming ``target`` (see :func:`saving`)."""
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with saving(target, what):
+            tmp.mkdir(parents=True)
+            yield tmp
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

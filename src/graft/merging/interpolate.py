@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from graft.artifact import META, LoadedModel, load_model
+from graft.atomic import check_target
 from graft.config import RunConfig, load_config
 from graft.errors import DataError, UsageError
 from graft.init import fit_head_linear_probe
@@ -38,7 +39,7 @@ from graft.merging.evaluation import (
     eval_sets,
     run_dir_of,
 )
-from graft.merging.output import check_label, check_target, common_results, write_merged
+from graft.merging.output import check_label, common_results, write_merged
 from graft.merging.weights import BnStats, check_same_model, cpu_state, interpolate_states
 from graft.prepare import configured_backbone
 from graft.rundir import CONFIG, MODEL_DIR, PROBE_HEAD, read_results

@@ -7,7 +7,6 @@ the target and renamed at the end: an error or a kill leaves nothing half-writte
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.artifact import save_model
-from graft.atomic import atomic_write_text, check_writable_dir, saving
+from graft.atomic import atomic_write_text, check_target, staged_dir
 from graft.data.types import LabelMap
 from graft.errors import UsageError
 from graft.models import Backbone
@@ -27,18 +26,6 @@ def check_label(label: str) -> None:
     """``--label``: how the model's row is named in reports (letters, digits, _ - .)."""
     if not label or not label.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise UsageError(f"--label {label!r}: use letters, digits, _ - .")
-
-
-def check_target(target: Path, force: bool, option: str = "--output") -> None:
-    """Refuse an existing, non-empty target unless ``force``; the parent must be writable."""
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
-        raise UsageError(
-            f"{option} {target}: already exists",
-            hint="choose another --output, or give --force to replace it",
-        )
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    check_writable_dir(parent, option)
 
 
 def common_results(
@@ -84,38 +71,28 @@ def write_merged(
     ``results[details_key]`` (the α curve, the soup's ingredients) also goes into the model's
     ``graft_model.json``; ``render_report(directory)`` returns the report's HTML."""
     check_target(target, force)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with saving(target, "merged model"):
-            tmp.mkdir()
-            shutil.copyfile(source_run / CONFIG, tmp / CONFIG)
-            meta = {
-                "config_hash": results.get("config_hash"),
-                "data_fingerprint": results.get("data_fingerprint"),
-                "made_by": details_key,
-            }
-            atomic_write_text(tmp / RUN_META, json.dumps(meta))
-            atomic_write_text(tmp / METRICS, "")
-            backbone.model.to("cpu")
-            save_model(
-                tmp / MODEL_DIR,
-                backbone,
-                label_map,
-                plan=results.get("plan") or {},
-                metrics={k: results.get(k) for k in ("validation", "test", "extra")},
-                provenance={
-                    "config_hash": str(results.get("config_hash")),
-                    "data_fingerprint": str(results.get("data_fingerprint")),
-                    details_key: results[details_key],
-                },
-            )
-            atomic_write_text(tmp / RESULTS, json.dumps(results, indent=1))
-            atomic_write_text(tmp / REPORT, render_report(tmp))
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_dir(target, "merged model") as tmp:
+        shutil.copyfile(source_run / CONFIG, tmp / CONFIG)
+        meta = {
+            "config_hash": results.get("config_hash"),
+            "data_fingerprint": results.get("data_fingerprint"),
+            "made_by": details_key,
+        }
+        atomic_write_text(tmp / RUN_META, json.dumps(meta))
+        atomic_write_text(tmp / METRICS, "")
+        backbone.model.to("cpu")
+        save_model(
+            tmp / MODEL_DIR,
+            backbone,
+            label_map,
+            plan=results.get("plan") or {},
+            metrics={k: results.get(k) for k in ("validation", "test", "extra")},
+            provenance={
+                "config_hash": str(results.get("config_hash")),
+                "data_fingerprint": str(results.get("data_fingerprint")),
+                details_key: results[details_key],
+            },
+        )
+        atomic_write_text(tmp / RESULTS, json.dumps(results, indent=1))
+        atomic_write_text(tmp / REPORT, render_report(tmp))
     return target

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from graft.artifact import LoadedModel, load_model
+from graft.atomic import check_target
 from graft.compare.records import collect_runs
 from graft.errors import UsageError
 from graft.merging.evaluation import VALIDATION, eval_sets
-from graft.merging.output import check_label, check_target, common_results, write_merged
+from graft.merging.output import check_label, common_results, write_merged
 from graft.merging.weights import BnStats, average_states, check_same_model, cpu_state
 from graft.rundir import MODEL_DIR
 from graft.runtime import keep_freed_memory, set_threads
