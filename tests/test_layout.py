@@ -247,7 +247,8 @@ def test_the_package_has_no_import_cycle() -> None:
 def test_run_directory_reports_and_statistics_import_no_torch() -> None:
     code = (
         "import sys, graft.rundir, graft.reports.run, graft.reports.compare, "
-        "graft.reports.search, graft.reports.merging, graft.compare.stats, graft.config; "
+        "graft.reports.search, graft.reports.merging, graft.reports.benchmark, "
+        "graft.compare.stats, graft.config; "
         "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; "
         "assert not bad, bad"
     )

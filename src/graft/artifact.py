@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from graft.errors import DataError, GraftError, UsageError
 from graft.models import Backbone, rebuild
 from graft.models.base import ImagePreprocess, TextPreprocess
 from graft.models.hf_backbone import save_tokenizer
+from graft.models.shapes import apply_shapes
 from graft.runtime import Precision
 from graft.safe_load import require_finite, weights_mismatch, weights_only_loading
 
@@ -56,6 +57,7 @@ def save_model(
         "preprocess": backbone.preprocess.to_dict(),
         "plan": plan,
         "metrics": metrics or {},
+        **({"shapes": backbone.shapes} if backbone.shapes else {}),
         **(provenance or {}),
     }
     atomic_write_text(folder / META, json.dumps(meta, indent=1))
@@ -105,6 +107,17 @@ class Predictor(ABC):
 
         loaders = Loaders(self.preprocess, self.tokenizer, False, 0, 0)
         return loaders.loader(examples, None, batch_size, shuffle=False, by_length=True)
+
+    def batches(
+        self, examples: Examples, batch_size: int, device: torch.device | None = None
+    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+        """(indices of its examples, model inputs) of each batch of :meth:`loader`, on
+        ``device`` (default: the CPU)."""
+        from graft.pipeline import batches_once
+
+        loader = self.loader(examples, batch_size)
+        for index, batch in batches_once(loader, device or torch.device("cpu")):
+            yield index, batch["inputs"]
 
     def examples(self, inputs: Examples | Sequence[str | Path]) -> Examples:
         """``inputs`` as unlabeled examples of this model's kind: texts for a text model, image
@@ -202,7 +215,6 @@ class LoadedModel(Predictor):
     ) -> torch.Tensor:
         """The model's logits of ``examples``, in their order (float32, on the CPU), computed
         on ``device`` (default: the CPU) under ``precision``, in eval mode without autograd."""
-        from graft.pipeline import batches_once
         from graft.runtime import autocast, no_grad_eval
 
         examples = self.examples(examples)
@@ -210,8 +222,8 @@ class LoadedModel(Predictor):
         out = torch.empty((len(examples), len(self.label_map)), dtype=torch.float32)
         model = self.backbone.model.to(device)
         with no_grad_eval(model), autocast(device, precision):
-            for index, batch in batches_once(self.loader(examples, batch_size), device):
-                out[torch.as_tensor(index)] = model(**batch["inputs"]).float().cpu()
+            for index, inputs in self.batches(examples, batch_size, device):
+                out[torch.as_tensor(index)] = model(**inputs).float().cpu()
         return out
 
 
@@ -258,6 +270,12 @@ def _load_model(folder: Path) -> LoadedModel:
         # A hand-edited or foreign description: still the file's problem, not a usage mistake.
         detail = f"{type(e).__name__}: {e.message if isinstance(e, GraftError) else e}"
         raise DataError(f"{meta_path}: malformed model description ({detail})") from None
+    if meta.get("shapes") is not None:  # a structurally pruned model: smaller layers
+        try:
+            apply_shapes(backbone.model, meta["shapes"])
+            backbone.shapes = meta["shapes"]
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{meta_path}: malformed model description ({e})") from None
     try:
         # safetensors: a header of names/shapes and raw tensor bytes, nothing that can execute.
         state = load_file(str(folder / WEIGHTS))

@@ -124,6 +124,12 @@ class BackboneConfig(_Strict):
         description="text backbones: keep these transformer layers of the pretrained encoder, "
         "in order, and drop the others (a DistilBERT-style smaller student, e.g. [0, 2, 4])",
     )
+    init_from: str | None = Field(
+        None,
+        description="start from this saved graft model folder: its architecture (pruned "
+        "shapes included) and all its weights, head included (e.g. a `graft prune` output's "
+        "model/)",
+    )
 
 
 class InitConfig(_Strict):
@@ -507,6 +513,7 @@ HASH_NEUTRAL_SECTIONS = frozenset({"output", "checkpoint", "hardware"})
 # and stays resumable.
 LATER_SETTINGS: dict[tuple[str, str | None], Any] = {
     ("backbone", "keep_layers"): None,
+    ("backbone", "init_from"): None,
     ("distill", None): DistillConfig().model_dump(mode="json"),
 }
 

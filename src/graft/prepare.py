@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ from graft.errors import UsageError
 from graft.features.body import compute_features
 from graft.features.store import shared_store
 from graft.models import Backbone, ImagePreprocess, build_backbone, check_backbone_name
+from graft.models.base import set_dropout
 from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.phases import apply_phase
 from graft.pipeline import Loaders
@@ -92,11 +95,19 @@ def load_splits(data: DataConfig) -> Splits:
 
 
 def configured_backbone(
-    config: RunConfig, num_classes: int, *, pretrained: bool | None = None
+    config: RunConfig,
+    num_classes: int,
+    *,
+    pretrained: bool | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> Backbone:
     """The backbone the config describes, with a new ``num_classes`` head (``pretrained``
-    overrides ``backbone.pretrained``)."""
+    overrides ``backbone.pretrained``). With ``backbone.init_from``, the saved model it names
+    instead: its architecture and all its weights, head included (``label_names``, when given,
+    must be its classes)."""
     b = config.backbone
+    if b.init_from is not None:
+        return _saved_backbone(config, num_classes, label_names)
     return build_backbone(
         b.name,
         num_classes=num_classes,
@@ -110,6 +121,51 @@ def configured_backbone(
         max_length=config.data.max_length,
         keep_layers=b.keep_layers,
     )
+
+
+def _saved_backbone(
+    config: RunConfig, num_classes: int, label_names: Sequence[str] | None
+) -> Backbone:
+    """``backbone.init_from``: a saved graft model (e.g. a pruned one, whose smaller shapes its
+    JSON records), to train further. Options that would rebuild or re-initialise what it
+    holds are refused: the point is to start from exactly its weights."""
+    from graft.artifact import load_model
+
+    b, init = config.backbone, config.init
+    field = "backbone.init_from"
+    if b.keep_layers is not None:
+        raise UsageError(
+            f"{field} and backbone.keep_layers: the saved model's layers are already chosen",
+            hint="remove backbone.keep_layers",
+        )
+    if init.head == "linear_probe" or init.body == "random":
+        what = "init.head: linear_probe" if init.head == "linear_probe" else "init.body: random"
+        raise UsageError(
+            f"{field} and {what}: it would overwrite the saved model's weights",
+            hint="remove it from the init: section (the default keeps the loaded weights)",
+        )
+    saved = load_model(Path(str(b.init_from)).expanduser())
+    names = list(saved.label_map.names)
+    if len(names) != num_classes or (label_names is not None and list(label_names) != names):
+        wanted = list(label_names) if label_names is not None else f"{num_classes} classes"
+        raise UsageError(
+            f"{field} {b.init_from}: the saved model has the classes {names}, the data {wanted}",
+            hint="start from a model fine-tuned on these classes",
+        )
+    backbone = saved.backbone
+    prep = backbone.preprocess
+    given = config.data.image_size if isinstance(prep, ImagePreprocess) else config.data.max_length
+    own = prep.image_size if isinstance(prep, ImagePreprocess) else prep.max_length
+    if given is not None and given != own:
+        option = "data.image_size" if isinstance(prep, ImagePreprocess) else "data.max_length"
+        raise UsageError(
+            f"{option}: {given}, but the model of {field} was trained with {own}",
+            hint=f"remove {option} (the saved model's own is used)",
+        )
+    if b.dropout is not None:
+        set_dropout(backbone.model.body, b.dropout)
+    backbone.model.train()  # load_model returns it in eval mode; the loop sets modes per phase
+    return backbone
 
 
 def seed_everything(seed: int) -> None:
@@ -399,7 +455,9 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         if config.distill.teacher is not None
         else None
     )
-    backbone = configured_backbone(config, len(splits.label_map))
+    backbone = configured_backbone(
+        config, len(splits.label_map), label_names=splits.label_map.names
+    )
     _check_modality(backbone, splits, config.backbone.name)
     precision = resolve_precision(config.train.precision, device, cnn=backbone.is_cnn)
     plan = build_plan(

@@ -135,10 +135,49 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cores": len(os.sched_getaffinity(0)),
+        "cpu_flags": list(cpu_flags()),
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     return info
+
+
+# The instruction-set extensions that decide what is fast on a CPU: bf16 (AVX512-BF16, AMX) and
+# int8 (VNNI, AMX-INT8) kernels of torch and ONNX Runtime.
+CPU_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+
+
+@functools.cache
+def cpu_flags() -> tuple[str, ...]:
+    """Which of :data:`CPU_FLAGS` this CPU has (from /proc/cpuinfo; empty elsewhere)."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return tuple(flag for flag in CPU_FLAGS if flag in present)
+    return ()
+
+
+def int8_kernels() -> str:
+    """The int8 matrix instructions this CPU offers: ``"amx"``, ``"vnni"`` or ``"none"`` (int8
+    then multiplies in AVX2 with 16-bit intermediates, which can saturate: see
+    :mod:`graft.deploy.quantize`)."""
+    flags = cpu_flags()
+    if "amx_int8" in flags:
+        return "amx"
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        return "vnni"
+    return "none"
 
 
 def _cpu_name() -> str:

@@ -21,14 +21,18 @@ from pathlib import Path
 
 from graft.cli import (
     auto,
+    benchmark,
     compare,
     demo,
     evaluate,
+    export,
     fit,
     interpolate,
     listing,
     lr_find,
     predict,
+    prune,
+    quantize,
     report,
     search,
     soup,
@@ -54,6 +58,10 @@ examples:
   graft report runs/compare-vader_minilm --output report.html
   graft interpolate runs/RUN --base pretrained --alphas 0:1:0.1
   graft soup runs/compare-vader_minilm --greedy
+  graft export runs/RUN --format onnx -o runs/RUN-onnx
+  graft quantize runs/RUN -o runs/RUN-int8
+  graft prune runs/RUN --method structured --amount 0.3 --finetune-epochs 1 -o runs/RUN-pruned
+  graft benchmark runs/RUN runs/RUN-onnx runs/RUN-int8 --batch 1,32
 """
 
 
@@ -73,6 +81,10 @@ COMMAND_MODULES = (
     auto,
     interpolate,
     soup,
+    export,
+    quantize,
+    prune,
+    benchmark,
     listing,
 )
 

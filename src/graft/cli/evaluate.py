@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from graft.cli.options import add_model, add_table_options, table_options
+from graft.cli.options import add_backend, add_model, add_table_options, table_options
 from graft.errors import UsageError
 
 NAME = "eval"
@@ -17,6 +17,7 @@ NAME = "eval"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model(p)
+    add_backend(p)
     g = p.add_argument_group("data (a named set, or a file/folder)")
     g.add_argument("--dataset", help="a named real dataset (see `graft list datasets`)")
     g.add_argument("--split", help="the named set's split (default: test if it has one)")
@@ -26,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from graft.artifact import load_model
     from graft.data import get_dataset, load_examples
+    from graft.deploy.variants import load_predictor
     from graft.metrics import summary_line
 
     if args.dataset is not None and args.path is not None:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             "graft eval needs one of --dataset NAME or --path FILE",
             hint="e.g. graft eval runs/RUN --dataset vader_tweets",
         )
-    loaded = load_model(args.model)
+    loaded = load_predictor(args.model, args.backend)
     split = args.split
     if args.dataset and split is None:
         split = "test" if "test" in get_dataset(args.dataset).splits else None

@@ -54,4 +54,21 @@ def table_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a run directory or its model/ folder")
+    p.add_argument(
+        "model",
+        help="a run directory or its model/ folder, or a folder graft export (onnx), quantize "
+        "or prune wrote",
+    )
+
+
+BACKENDS = ["auto", "torch", "onnxruntime"]  # graft.deploy.variants.BACKENDS
+
+
+def add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="the engine: auto (the one the model's weights are for: PyTorch for a graft "
+        "model, ONNX Runtime for an exported or quantized one), torch, onnxruntime",
+    )

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from graft.cli.options import add_model
+from graft.cli.options import add_backend, add_model
 from graft.data.types import Examples
 from graft.errors import UsageError
 
@@ -21,6 +21,7 @@ NAME = "predict"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model(p)
+    add_backend(p)
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
 
@@ -63,9 +64,9 @@ def read_inputs(model_modality: str, inputs: Sequence[str]) -> tuple[list[str], 
 
 
 def run(args: argparse.Namespace) -> int:
-    from graft.artifact import load_model
+    from graft.deploy.variants import load_predictor
 
-    loaded = load_model(args.model)
+    loaded = load_predictor(args.model, args.backend)
     shown, examples = read_inputs(loaded.modality, args.inputs)
     for item, pred in zip(shown, loaded.predict(examples), strict=True):
         if args.json:

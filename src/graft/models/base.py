@@ -120,6 +120,9 @@ class Backbone:
     tokenizer: Any = None
     is_cnn: bool = False
     notes: list[str] = field(default_factory=list)
+    # The shape attributes of the layers a structured pruning made smaller than ``spec``
+    # builds (graft.models.shapes): saved with the model and applied when it is loaded.
+    shapes: dict[str, dict[str, Any]] | None = None
 
     @property
     def modality(self) -> Modality:

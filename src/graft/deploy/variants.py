@@ -1,0 +1,116 @@
+"""Any saved variant of a model, loaded by what its folder holds: a graft PyTorch model
+(``model.safetensors``; pruned and distilled models are of this kind) or an ONNX one (exported
+or quantized). ``graft eval``, ``graft predict`` and ``graft benchmark`` use this, so the same
+commands work at every stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from graft.artifact import META, WEIGHTS, Predictor, load_model
+from graft.config import load_config
+from graft.data.types import Examples
+from graft.deploy.onnx_model import ONNX_FILE, is_onnx_folder, load_onnx_model
+from graft.errors import DataError, UsageError
+from graft.rundir import CONFIG, MODEL_DIR, read_run_meta
+
+Backend = str  # "auto" | "torch" | "onnxruntime"
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def model_folder(path: str | Path) -> Path:
+    """The model folder of ``path``: the folder itself, or its ``model/`` (a run directory, or
+    a directory written by export, quantize, prune, interpolate or soup)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file() and path.name == ONNX_FILE:
+        path = path.parent
+    if path.is_file():
+        raise DataError(
+            f"{path}: give a model folder (or a run directory), not a file",
+            hint="graft models are folders: model.safetensors or model.onnx + graft_model.json",
+        )
+    if (path / MODEL_DIR).is_dir():
+        path = path / MODEL_DIR
+    return path
+
+
+def backend_of(folder: Path) -> str:
+    """The engine a model folder's weights are for: ``onnxruntime`` or ``torch``."""
+    return "onnxruntime" if is_onnx_folder(folder) else "torch"
+
+
+def load_predictor(
+    path: str | Path, backend: Backend = "auto", threads: int | None = None
+) -> Predictor:
+    """The model at ``path`` (any variant) on ``backend``: ``auto`` is the one its weights are
+    for; asking an ONNX (or quantized) model for ``torch`` is refused, as is asking a PyTorch
+    model for ``onnxruntime`` (export it first: the export checks its parity)."""
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    folder = model_folder(path)
+    native = backend_of(folder)
+    if backend not in ("auto", native):
+        kind = "an ONNX model" if native == "onnxruntime" else "a PyTorch graft model"
+        fix = (
+            "use --backend onnxruntime (or auto)"
+            if native == "onnxruntime"
+            else "export it first: graft export MODEL --format onnx -o DIR"
+        )
+        raise UsageError(f"{folder}: is {kind}; it cannot run on {backend}", hint=fix)
+    if native == "onnxruntime":
+        return load_onnx_model(folder, threads)
+    if not (folder / META).is_file() and (folder / "config.json").is_file():
+        raise DataError(
+            f"{folder}: a Hugging Face or timm folder (graft export --format hf/timm), not a "
+            "graft model",
+            hint="load it with transformers or timm (its README.md says how); graft runs graft "
+            "and ONNX models",
+        )
+    if not (folder / WEIGHTS).is_file() and (folder / META).is_file():
+        raise DataError(
+            f"{folder}: an export graft cannot run (a TorchScript folder?): no {WEIGHTS}",
+            hint="load it as its README.md says; graft runs graft and ONNX models",
+        )
+    return load_model(folder)
+
+
+def run_dir_of_variant(model: Predictor) -> Path | None:
+    """The directory whose ``config.yaml`` describes the data the model was trained and
+    measured on: its own folder (an export) or the one above (a run's ``model/``)."""
+    for candidate in (model.folder, model.folder.parent):
+        if (candidate / CONFIG).is_file():
+            return candidate
+    return None
+
+
+def variant_sets(model: Predictor, names: tuple[str, ...] = ("test",)) -> dict[str, Examples]:
+    """The named sets (``validation``, ``test``, ``train``) of the run the model comes from,
+    rebuilt from its config. A changed dataset (another fingerprint than the run's) is refused:
+    its numbers would not be comparable."""
+    from graft.checkpoint import data_fingerprint
+    from graft.prepare import load_splits
+
+    run_dir = run_dir_of_variant(model)
+    if run_dir is None:
+        raise DataError(
+            f"{model.folder}: no config.yaml beside the model: the data it was measured on is "
+            "unknown",
+            hint="give a run directory (or a folder graft export/quantize/prune wrote), or "
+            "name the data (--dataset / --path)",
+        )
+    splits = load_splits(load_config(run_dir / CONFIG).data)
+    recorded = read_run_meta(run_dir).get("data_fingerprint")
+    if recorded is not None and recorded != data_fingerprint(splits):
+        raise DataError(
+            f"{run_dir}: the data its config names changed since the run (another fingerprint)"
+        )
+    sets = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    out: dict[str, Examples] = {}
+    for name in names:
+        examples = sets.get(name)
+        if examples is None:
+            raise DataError(f"{run_dir / CONFIG}: the run has no {name} set")
+        out[name] = examples
+    return out
