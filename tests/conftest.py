@@ -210,6 +210,17 @@ def random_examples(
     return Examples("text", texts, ys, "random texts")
 
 
+def write_image_folder(folder: Path, n: int = 60, seed: int = 3) -> Path:
+    """``n`` random grey images as PNG files in one subfolder per class (a, b, c)."""
+    from PIL import Image
+
+    ex = random_examples("image", n, ["a", "b", "c"], seed=seed)
+    for i, (img, label) in enumerate(zip(ex.inputs, ex.labels, strict=True)):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(img)).save(folder / label / f"{i}.png")
+    return folder
+
+
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

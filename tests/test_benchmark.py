@@ -7,9 +7,8 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import random_examples, tiny_image_run_config
+from conftest import tiny_image_run_config, write_image_folder
 
 from graft import fit
 from graft.cli.app import main
@@ -40,13 +39,8 @@ def test_batch_sizes_are_parsed_and_checked() -> None:
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from PIL import Image
-
     tmp = tmp_path_factory.mktemp("bench-images")
-    ex = random_examples("image", 60, ["a", "b", "c"], seed=3)
-    for i, (img, label) in enumerate(zip(ex.inputs, ex.labels, strict=True)):
-        (tmp / "data" / label).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(img)).save(tmp / "data" / label / f"{i}.png")
+    write_image_folder(tmp / "data")
     return fit(tiny_image_run_config({"path": str(tmp / "data")}, tmp / "runs"), quiet=True).run_dir
 
 

@@ -19,6 +19,7 @@ from conftest import (
     random_examples,
     require_asset,
     tiny_image_run_config,
+    write_image_folder,
 )
 
 from graft import assets, fit
@@ -181,13 +182,8 @@ def test_a_backend_the_model_is_not_for_is_refused(
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny CNN (BatchNorm) fine-tuned for one epoch on an image folder."""
-    from PIL import Image
-
     tmp = tmp_path_factory.mktemp("quantize-images")
-    ex = random_examples("image", 60, ["a", "b", "c"], seed=3)
-    for i, (img, label) in enumerate(zip(ex.inputs, ex.labels, strict=True)):
-        (tmp / "data" / label).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(img)).save(tmp / "data" / label / f"{i}.png")
+    write_image_folder(tmp / "data")
     config = tiny_image_run_config({"path": str(tmp / "data")}, tmp / "runs")
     return fit(config, quiet=True).run_dir
 

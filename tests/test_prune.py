@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from conftest import (
@@ -16,9 +15,9 @@ from conftest import (
     Tiny,
     build_tiny,
     one_batch,
-    random_examples,
     require_asset,
     tiny_image_run_config,
+    write_image_folder,
 )
 from torch import nn
 
@@ -224,15 +223,10 @@ def test_a_bare_model_folder_is_pruned_and_recorded_but_not_fine_tuned(
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished tiny CNN run on an image folder (60 random images, 3 classes)."""
-    from PIL import Image
-
     from graft.run import fit
 
     tmp = tmp_path_factory.mktemp("prune-images")
-    ex = random_examples("image", 60, ["a", "b", "c"], seed=3)
-    for i, (img, label) in enumerate(zip(ex.inputs, ex.labels, strict=True)):
-        (tmp / "data" / label).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(img)).save(tmp / "data" / label / f"{i}.png")
+    write_image_folder(tmp / "data")
     config = tiny_image_run_config(
         {"path": str(tmp / "data")},
         tmp / "runs",
