@@ -257,3 +257,13 @@ def test_real_pretrained_models_export_with_parity(name: str, tmp_path: Path) ->
         want = eager.backbone.model(**inputs).numpy()
     scale = max(1.0, float(np.abs(want).max()))
     assert np.abs(_ort_logits(tmp_path / "onnx", inputs) - want).max() <= 1e-4 * scale
+
+
+def test_exports_graft_does_not_run_are_refused_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _saved(ALL_TINY[0], None, tmp_path / "model")
+    for fmt, says in (("torchscript", "a torchscript export"), ("timm", "a Hugging Face or timm")):
+        export(source, fmt, tmp_path / fmt)
+        assert main(["predict", str(tmp_path / fmt), "x.png"]) == 3
+        assert says in capsys.readouterr().err

@@ -5,12 +5,13 @@ commands work at every stage."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from graft.artifact import META, WEIGHTS, Predictor, load_model
+from graft.artifact import META, Predictor, load_model
 from graft.config import load_config
 from graft.data.types import Examples
-from graft.deploy.onnx_model import ONNX_FILE, is_onnx_folder, load_onnx_model
+from graft.deploy.onnx_model import FORMAT_ONNX, ONNX_FILE, is_onnx_folder, load_onnx_model
 from graft.errors import DataError, UsageError
 from graft.rundir import CONFIG, MODEL_DIR, read_run_meta
 
@@ -68,12 +69,23 @@ def load_predictor(
             hint="load it with transformers or timm (its README.md says how); graft runs graft "
             "and ONNX models",
         )
-    if not (folder / WEIGHTS).is_file() and (folder / META).is_file():
+    if declared_format(folder) not in (None, FORMAT_ONNX):
         raise DataError(
-            f"{folder}: an export graft cannot run (a TorchScript folder?): no {WEIGHTS}",
+            f"{folder}: a {declared_format(folder)} export, which graft does not run",
             hint="load it as its README.md says; graft runs graft and ONNX models",
         )
     return load_model(folder)
+
+
+def declared_format(folder: Path) -> str | None:
+    """The ``format`` a folder's ``graft_model.json`` declares (``None``: a graft PyTorch
+    model, or a description too damaged to say; :func:`load_model` then reports it)."""
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    return str(fmt) if fmt is not None else None
 
 
 def run_dir_of_variant(model: Predictor) -> Path | None:
