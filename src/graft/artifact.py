@@ -234,6 +234,14 @@ def load_model(folder: str | Path) -> LoadedModel:
         return _load_model(Path(folder))
 
 
+def not_a_model_folder(folder: Path) -> DataError:
+    """The error for a folder without a model description."""
+    return DataError(
+        f"{folder}: not a graft model folder (no {META})",
+        hint="give a run directory or its model/ folder written by `graft fit`",
+    )
+
+
 def _load_model(folder: Path) -> LoadedModel:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -243,10 +251,7 @@ def _load_model(folder: Path) -> LoadedModel:
         folder = folder / "model"
     meta_path = folder / META
     if not meta_path.is_file():
-        raise DataError(
-            f"{folder}: not a graft model folder (no {META})",
-            hint="give a run directory or its model/ folder written by `graft fit`",
-        )
+        raise not_a_model_folder(folder)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         labels, spec, prep = meta["labels"], meta["backbone"], meta["preprocess"]

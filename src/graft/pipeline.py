@@ -92,6 +92,18 @@ def _resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
     return x
 
 
+def square_image(image: np.ndarray, size: int) -> np.ndarray:
+    """One decoded image of any size, (H, W) or (H, W, 3) ``uint8``, as a ``size``×``size``×3
+    ``uint8`` image: centre-cropped, resized (antialiased) and rounded. Image files and the
+    uploads of ``graft serve`` go through this, so both reach the model as the same pixels."""
+    img = torch.from_numpy(image)
+    img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    img = _resize_square(img.unsqueeze(0).float(), size)[0]
+    return img.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 def images_to_tensor(
     images: list[np.ndarray] | np.ndarray,
     prep: ImagePreprocess,
@@ -162,15 +174,10 @@ class ImageBatches(torch.utils.data.Dataset[Batch]):
         from graft.data.images import load_image
 
         # Files differ in size: bring each to a square of the target size first.
-        out = []
-        for i in index:
-            img = torch.from_numpy(load_image(self.inputs[i]))  # type: ignore[arg-type]
-            img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
-            if img.shape[0] == 1:
-                img = img.expand(3, -1, -1)
-            img = _resize_square(img.unsqueeze(0).float(), self.prep.image_size)[0]
-            out.append(img.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
-        return out
+        return [
+            square_image(load_image(self.inputs[i]), self.prep.image_size)  # type: ignore[arg-type]
+            for i in index
+        ]
 
     def __getitems__(self, index: list[int]) -> Batch:
         context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()

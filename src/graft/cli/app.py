@@ -35,6 +35,7 @@ from graft.cli import (
     quantize,
     report,
     search,
+    serve,
     soup,
     validate,
 )
@@ -62,6 +63,7 @@ examples:
   graft quantize runs/RUN -o runs/RUN-int8
   graft prune runs/RUN --method structured --amount 0.3 --finetune-epochs 1 -o runs/RUN-pruned
   graft benchmark runs/RUN runs/RUN-onnx runs/RUN-int8 --batch 1,32
+  graft serve runs/RUN --port 8000 --max-batch 32
 """
 
 
@@ -85,6 +87,7 @@ COMMAND_MODULES = (
     quantize,
     prune,
     benchmark,
+    serve,
     listing,
 )
 

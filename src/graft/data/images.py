@@ -1,7 +1,9 @@
-"""Decode one image file into a ``uint8`` array, turning every way it can fail into a DataError."""
+"""Decode one image (a file, or bytes in memory) into a ``uint8`` array, turning every way it
+can fail into a DataError."""
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -68,36 +70,50 @@ def load_image(path: Path) -> np.ndarray:
         raise _bad(path, "is a folder, not an image file", "check the path")
     if size == 0:
         raise _bad(path, "empty file (0 bytes), not an image")
+    return _decode(path, str(path), MAX_IMAGE_PIXELS)
+
+
+def decode_image(data: bytes, origin: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Fully decode an image held in memory (an upload), like :func:`load_image` decodes a
+    file; ``origin`` names it in errors, and an image over ``max_pixels`` is refused before
+    its pixels are decoded."""
+    if not data:
+        raise DataError(f"{origin}: empty (0 bytes), not an image")
+    return _decode(io.BytesIO(data), origin, max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, origin: str, max_pixels: int) -> np.ndarray:
+    def bad(what: str, hint: str = _HINT) -> DataError:
+        return DataError(f"{origin}: {what}", hint=hint)
 
     with warnings.catch_warnings():
         # PIL only *warns* between MAX_IMAGE_PIXELS and twice that; for us a bomb is an error.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise _bad(
-                        path,
+            with Image.open(source) as im:
+                w, h = im.size  # from the header: nothing is decoded yet
+                if w * h > max_pixels:
+                    raise bad(
                         f"image too large: {w}x{h} = {w * h:,} pixels "
-                        f"(limit {MAX_IMAGE_PIXELS:,}; a possible decompression bomb)",
+                        f"(limit {max_pixels:,}; a possible decompression bomb)",
                         "downscale the image",
                     )
                 if w == 0 or h == 0:
-                    raise _bad(path, f"image has zero size ({w}x{h})")
+                    raise bad(f"image has zero size ({w}x{h})")
                 im.load()  # decode every pixel now: verify() would miss truncated pixel data
                 arr = _convert(im)
         except DataError:
             raise
         except Image.UnidentifiedImageError:
-            raise _bad(path, "not an image, or a format Pillow cannot read") from None
+            raise bad("not an image, or a format Pillow cannot read") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise _bad(path, f"image too large (a possible decompression bomb): {e}") from None
+            raise bad(f"image too large (a possible decompression bomb): {e}") from None
         except Exception as e:
             # Pillow's decoders raise a zoo of types for damaged files (OSError "image file is
             # truncated", SyntaxError, ValueError, EOFError, zlib.error, struct.error ...). Any
             # failure while decoding a user's file is that file's problem, so report it as such.
             detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            raise _bad(path, f"truncated or corrupt image ({detail})") from None
+            raise bad(f"truncated or corrupt image ({detail})") from None
     return arr
 
 

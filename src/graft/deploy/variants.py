@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from graft.artifact import META, Predictor, load_model
+from graft.artifact import META, Predictor, load_model, not_a_model_folder
 from graft.config import load_config
 from graft.data.types import Examples
 from graft.deploy.onnx_model import FORMAT_ONNX, ONNX_FILE, is_onnx_folder, load_onnx_model
@@ -48,6 +48,16 @@ def load_predictor(
     """The model at ``path`` (any variant) on ``backend``: ``auto`` is the one its weights are
     for; asking an ONNX (or quantized) model for ``torch`` is refused, as is asking a PyTorch
     model for ``onnxruntime`` (export it first: the export checks its parity)."""
+    folder, engine = resolve_variant(path, backend)
+    if engine == "onnxruntime":
+        return load_onnx_model(folder, threads)
+    return load_model(folder)
+
+
+def resolve_variant(path: str | Path, backend: Backend = "auto") -> tuple[Path, str]:
+    """The model folder at ``path`` and the engine that will run it (``torch`` or
+    ``onnxruntime``), with every check :func:`load_predictor` makes before it reads the
+    weights: quick, for a command that loads the model later (``graft serve``)."""
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     folder = model_folder(path)
@@ -61,7 +71,7 @@ def load_predictor(
         )
         raise UsageError(f"{folder}: is {kind}; it cannot run on {backend}", hint=fix)
     if native == "onnxruntime":
-        return load_onnx_model(folder, threads)
+        return folder, native
     if not (folder / META).is_file() and (folder / "config.json").is_file():
         raise DataError(
             f"{folder}: a Hugging Face or timm folder (graft export --format hf/timm), not a "
@@ -69,12 +79,14 @@ def load_predictor(
             hint="load it with transformers or timm (its README.md says how); graft runs graft "
             "and ONNX models",
         )
+    if not (folder / META).is_file():
+        raise not_a_model_folder(folder)
     if declared_format(folder) not in (None, FORMAT_ONNX):
         raise DataError(
             f"{folder}: a {declared_format(folder)} export, which graft does not run",
             hint="load it as its README.md says; graft runs graft and ONNX models",
         )
-    return load_model(folder)
+    return folder, native
 
 
 def declared_format(folder: Path) -> str | None:
