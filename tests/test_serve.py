@@ -28,6 +28,7 @@ from conftest import TINY_BACKBONES, build_tiny
 from PIL import Image
 
 LAUNCH = "import sys; from graft.cli import main; sys.exit(main())"
+JSON = {"content-type": "application/json"}
 TEXTS = ["a quietly devastating film", "boring plot", "the actor was great", "dull"]
 
 
@@ -165,13 +166,15 @@ def expected_probabilities(model: Path, inputs: list[Any]) -> np.ndarray:
 
 
 def test_every_endpoint_of_a_text_model(text_model: Path, serve: Any) -> None:
-    server = serve(text_model, "--max-wait-ms", "1")
+    server = serve(text_model, "--max-wait-ms", "1", "--precision", "fp32")
     assert server.get("/health/live").json() == {"status": "alive"}
     assert server.get("/health/ready").json() == {"status": "ready"}
     meta = server.get("/v1/metadata").json()
     assert meta["labels"] == ["neg", "pos"] and meta["modality"] == "text"
     assert meta["preprocess"] == {"kind": "text", "max_length": 16}
-    assert meta["model_id"].startswith("text-model") or "@" in meta["model_id"]
+    name, _, digest = meta["model_id"].partition("@")
+    assert name == text_model.parent.name and len(digest) == 12
+    assert meta["precision"] == "fp32" and meta["device"] == "cpu"
 
     answer = server.post(json={"inputs": TEXTS, "top_k": 2})
     assert answer.status_code == 200, answer.text
@@ -222,11 +225,18 @@ def test_predictions_equal_graft_predicts_for_text_and_images(
         ).stdout
         return [json.loads(line) for line in out.splitlines()]
 
-    text_server = serve(text_model)
+    text_server = serve(text_model, "--precision", "fp32")
     served = text_server.post(json={"inputs": TEXTS}).json()["predictions"]
     for mine, theirs in zip(served, cli_predict(text_model, TEXTS), strict=True):
         assert mine["label"] == theirs["label"]
         assert mine["score"] == pytest.approx(theirs["probability"], abs=1e-5)
+    # bf16 (the default where the CPU computes it natively) against predict in bf16: the
+    # same computation, batched differently, so equal to bf16's rounding.
+    bf16_server = serve(text_model, "--precision", "bf16")
+    served = bf16_server.post(json={"inputs": TEXTS}).json()["predictions"]
+    theirs_bf16 = cli_predict(text_model, [*TEXTS, "--precision", "bf16"])
+    for mine, theirs in zip(served, theirs_bf16, strict=True):
+        assert mine["score"] == pytest.approx(theirs["probabilities"][mine["label"]], abs=2e-2)
 
     # Images of other sizes and modes, uploaded both ways, against the same files on disk.
     images = [png(1), png(2, (64, 64)), png(3, (17, 50), mode="L")]
@@ -235,7 +245,8 @@ def test_predictions_equal_graft_predicts_for_text_and_images(
         paths.append(tmp_path / f"{i}.png")
         paths[-1].write_bytes(data)
     expected = cli_predict(image_model, [str(p) for p in paths])
-    image_server = serve(image_model)
+    image_server = serve(image_model)  # auto: fp32, as for every CNN on a CPU
+    assert image_server.get("/v1/metadata").json()["precision"] == "fp32"
     as_json = image_server.post(json={"inputs": [base64.b64encode(d).decode() for d in images]})
     files = [("files", (f"{i}.png", d, "image/png")) for i, d in enumerate(images)]
     as_form = image_server.post(files=files, data={"top_k": "3"})
@@ -290,6 +301,11 @@ def test_every_error_status_with_a_message_and_no_trace(
         ({"json": {"inputs": []}}, 422, "empty"),
         ({"json": {"inputs": ["  "]}}, 422, "inputs[0] is empty"),
         ({"json": {"inputs": ["a", 3]}}, 422, "inputs[1] must be a text"),
+        (
+            {"content": b'{"inputs": ["ok", "\\ud800 x"]}', "headers": JSON},
+            422,
+            "not valid Unicode",
+        ),
         ({"json": {"inputs": ["a"] * 5}}, 422, "limit is 4"),
         ({"json": {"inputs": ["a" * 101]}}, 422, "--max-text-chars"),
         ({"json": {"inputs": ["a"], "top_k": 3}}, 422, "top_k"),
@@ -426,7 +442,7 @@ def test_an_internal_error_is_a_500_with_an_id_and_the_trace_only_in_the_log(
 
 
 def test_concurrent_requests_share_forward_passes(text_model: Path, serve: Any) -> None:
-    server = serve(text_model, "--max-batch", "32", "--max-wait-ms", "300")
+    server = serve(text_model, "--max-batch", "32", "--max-wait-ms", "300", "--precision", "fp32")
     barrier = threading.Barrier(32)
 
     def one(i: int) -> httpx.Response:
@@ -464,6 +480,14 @@ def test_ready_only_after_the_model_is_loaded_and_warm(text_model: Path, serve: 
     assert seen[-1] == (200, 200)
     ready_event = server.wait_for(lambda e: e.get("event") == "ready", 5)
     assert ready_event["warmup_batch"] == 32 and ready_event["warmup_ms"] > 0
+    # --precision auto: bf16 only where this CPU computes it natively (a text model).
+    import torch
+
+    native = any(
+        getattr(torch.cpu, check, lambda: False)()
+        for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
+    assert ready_event["precision"] == ("bf16" if native else "fp32")
 
 
 def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(
@@ -590,7 +614,7 @@ def test_real_minilm_served_equals_graft_predict(serve: Any, tmp_path: Path) -> 
     torch.manual_seed(0)
     backbone = build_backbone("minilm", num_classes=2, max_length=64)
     save_model(tmp_path / "minilm", backbone, LabelMap(("negative", "positive")), plan={})
-    server = serve(tmp_path / "minilm", "--max-wait-ms", "20")
+    server = serve(tmp_path / "minilm", "--max-wait-ms", "20", "--precision", "fp32")
     texts = ["a moving, beautifully shot film", "two hours I will never get back", "fine"]
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda t: server.post(json={"inputs": [t]}), texts))

@@ -167,10 +167,12 @@ class Predictor(ABC):
         preds = logits.argmax(1).numpy()
         return classification_metrics(targets, preds, list(self.label_map.names), loss=loss)
 
-    def predict(self, examples: Examples | Sequence[str | Path]) -> list[dict[str, Any]]:
+    def predict(
+        self, examples: Examples | Sequence[str | Path], precision: Precision = "fp32"
+    ) -> list[dict[str, Any]]:
         """Per input (texts or image paths, or :class:`Examples`): the predicted label, its
-        probability, and all class probabilities."""
-        probs = self.logits(self.examples(examples)).softmax(1).numpy()
+        probability, and all class probabilities; computed under ``precision``."""
+        probs = self.logits(self.examples(examples), precision=precision).softmax(1).numpy()
         best = probs.argmax(1)
         return [
             {
@@ -220,7 +222,9 @@ class LoadedModel(Predictor):
         examples = self.examples(examples)
         device = device or torch.device("cpu")
         out = torch.empty((len(examples), len(self.label_map)), dtype=torch.float32)
-        model = self.backbone.model.to(device)
+        model = self.backbone.model
+        if next(model.parameters()).device != device:  # .to() walks every module: not per call
+            model.to(device)
         with no_grad_eval(model), autocast(device, precision):
             for index, inputs in self.batches(examples, batch_size, device):
                 out[torch.as_tensor(index)] = model(**inputs).float().cpu()

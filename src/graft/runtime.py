@@ -25,18 +25,18 @@ import torch
 from graft.errors import UsageError
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """``auto``: the GPU if there is one, else the CPU."""
+def select_device(name: str = "auto", field: str = "hardware.device") -> torch.device:
+    """``auto``: the GPU if there is one, else the CPU. ``field`` names the setting in errors."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(
-            f"hardware.device: unknown device {name!r}", hint="use auto, cpu or cuda"
+            f"{field}: unknown device {name!r}", hint="use auto, cpu or cuda"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("hardware.device: cuda was asked for but no GPU is available")
+        raise UsageError(f"{field}: cuda was asked for but no GPU is available")
     return device
 
 

@@ -24,6 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_backend(p)
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="fp32 (default), bf16 autocast, or auto: bf16 where the CPU/GPU computes it "
+        "natively (not CNNs on a CPU), as graft serve and training do",
+    )
 
 
 def _stdin_texts() -> list[str]:
@@ -64,11 +71,12 @@ def read_inputs(model_modality: str, inputs: Sequence[str]) -> tuple[list[str], 
 
 
 def run(args: argparse.Namespace) -> int:
-    from graft.deploy.variants import load_predictor
+    from graft.deploy.variants import backend_of, inference_precision, load_predictor
 
     loaded = load_predictor(args.model, args.backend)
+    _, precision = inference_precision(loaded, backend_of(loaded.folder), "cpu", args.precision)
     shown, examples = read_inputs(loaded.modality, args.inputs)
-    for item, pred in zip(shown, loaded.predict(examples), strict=True):
+    for item, pred in zip(shown, loaded.predict(examples, precision), strict=True):
         if args.json:
             print(json.dumps({"input": item, **pred}))
         else:

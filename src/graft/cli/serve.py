@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"inputs per forward pass ({d.max_batch})",
     )
     batching.add_argument(
+        "--sub-batch",
+        type=int,
+        default=d.sub_batch,
+        help=f"texts computed at a time, sorted by length ({d.sub_batch})",
+    )
+    batching.add_argument(
         "--max-wait-ms",
         type=float,
         default=d.max_wait_ms,
@@ -65,6 +71,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     limits.add_argument(
         "--timeout", default=f"{d.timeout:g}s", help="answer 504 after this long (30s)"
     )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=d.precision,
+        help="auto: bf16 where the CPU/GPU computes it natively (not CNNs on a CPU), as in "
+        "training; fp32: exactly graft predict's numbers",
+    )
+    p.add_argument("--device", default=d.device, help="auto (a GPU if there is one), cpu, cuda")
     p.add_argument("--workers", type=int, default=d.workers, help="processes, each a model copy")
     p.add_argument("--threads", type=int, help="threads per worker (default: cores / workers)")
     p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})")
@@ -85,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         backend=args.backend,
         max_batch=args.max_batch,
+        sub_batch=args.sub_batch,
+        precision=args.precision,
+        device=args.device,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_items=args.max_items,

@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from graft.artifact import META, Predictor, load_model, not_a_model_folder
 from graft.config import load_config
 from graft.data.types import Examples
 from graft.deploy.onnx_model import FORMAT_ONNX, ONNX_FILE, is_onnx_folder, load_onnx_model
 from graft.errors import DataError, UsageError
 from graft.rundir import CONFIG, MODEL_DIR, read_run_meta
+from graft.runtime import Precision
 
 Backend = str  # "auto" | "torch" | "onnxruntime"
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -138,3 +141,24 @@ def variant_sets(model: Predictor, names: tuple[str, ...] = ("test",)) -> dict[s
             raise DataError(f"{run_dir / CONFIG}: the run has no {name} set")
         out[name] = examples
     return out
+
+
+def inference_precision(
+    predictor: Predictor, backend: str, device: str, precision: str
+) -> tuple[torch.device, Precision]:
+    """Where and in what precision the model computes. A PyTorch model: ``device`` ``auto`` is
+    the GPU if there is one, and ``precision`` ``auto`` is training's rule (bf16 where the
+    hardware computes it natively, not for a CNN on a CPU). An ONNX model computes in the types
+    it was exported or quantized with, on the CPU unless ``cuda`` is asked for."""
+    from graft.runtime import resolve_precision, select_device
+
+    if backend == "onnxruntime":
+        if precision == "bf16":
+            raise UsageError(
+                "--precision bf16: an ONNX model computes in the types it was exported with",
+                hint="use --precision auto or fp32, or serve the PyTorch model",
+            )
+        return torch.device("cpu" if device == "auto" else device), "fp32"
+    chosen = select_device(device, "--device")
+    cnn = bool(getattr(getattr(predictor, "backbone", None), "is_cnn", False))
+    return chosen, resolve_precision(precision, chosen, cnn=cnn)

@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
-import re
 import time
-import traceback
-import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,11 +31,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message
 
 from graft.errors import GraftError
-from graft.serve.batcher import MicroBatcher, QueueFull
+from graft.serve.batcher import QueueFull
 from graft.serve.engine import Engine
+from graft.serve.gateway import RequestLog
 from graft.serve.inputs import (
     InvalidInput,
     Limits,
@@ -49,126 +46,9 @@ from graft.serve.inputs import (
     parse_json,
     parse_top_k,
 )
-from graft.serve.monitoring import Metrics
+from graft.serve.responses import API_VERSION, PREDICT_PATH, ApiError, error_response
 from graft.serve.settings import ServeSettings
-
-log = logging.getLogger("graft.serve")
-
-API_VERSION = "v1"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-class ApiError(Exception):
-    """An answer other than success, with its status, message and headers."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
-def error_response(
-    status: int, message: str, request_id: str, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"status": status, "message": message, "id": request_id}},
-        status_code=status,
-        headers=headers,
-    )
-
-
-class ServerState:
-    """The model (once loaded), the batcher, the metrics, and where the server stands:
-    ``loading``, ``ready``, ``failed`` or ``stopping``."""
-
-    def __init__(
-        self, settings: ServeSettings, on_fatal: Callable[[GraftError], None] | None = None
-    ) -> None:
-        self.settings = settings
-        self.metrics = Metrics()
-        self.engine: Engine | None = None
-        self.batcher: MicroBatcher | None = None
-        self.status = "loading"
-        self.error: GraftError | None = None
-        self.on_fatal = on_fatal
-        self._loading: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._loading = asyncio.get_running_loop().create_task(self._load())
-
-    async def _load(self) -> None:
-        """Load the model and run one warm-up batch off the event loop (``/health/live``
-        answers meanwhile), then start the batcher and turn ready."""
-        try:
-            engine = await asyncio.to_thread(load_engine, self.settings)
-            start = time.perf_counter()
-            await asyncio.to_thread(engine.warm_up, self.settings.max_batch)
-            warmup_ms = round((time.perf_counter() - start) * 1000, 1)
-        except Exception as e:  # a model that cannot serve: the server stops, saying why
-            error = (
-                e
-                if isinstance(e, GraftError)
-                else GraftError(
-                    "the model failed to load or to compute its warm-up batch "
-                    f"({type(e).__name__}: {e})"
-                )
-            )
-            self.status, self.error = "failed", error
-            failed = {"event": "load_failed", "error": str(error)}
-            if not isinstance(e, GraftError):
-                failed["traceback"] = traceback.format_exc()
-            log.error("load failed", extra={"fields": failed})
-            if self.on_fatal is not None:
-                self.on_fatal(error)
-            return
-        self.engine = engine
-        self.batcher = MicroBatcher(
-            engine.infer,
-            max_batch=self.settings.max_batch,
-            max_wait=self.settings.max_wait_ms / 1000,
-            max_queue=self.settings.max_queue,
-            on_batch=self.metrics.batch_done,
-        )
-        self.batcher.start()
-        if self.status == "loading":
-            self.status = "ready"
-            self.metrics.ready.set(1)
-        ready: dict[str, Any] = {
-            "event": "ready",
-            "model_id": engine.model_id,
-            "backend": engine.backend,
-            "warmup_batch": self.settings.max_batch,
-            "warmup_ms": warmup_ms,
-        }
-        log.info("ready", extra={"fields": ready})
-
-    def stopping(self) -> None:
-        """The server was asked to stop: not ready any more (accepted requests still finish)."""
-        self.status = "stopping"
-        self.metrics.ready.set(0)
-
-    async def close(self) -> None:
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
-        if self.batcher is not None:
-            await self.batcher.stop()
-
-    def ready_engine(self) -> tuple[Engine, MicroBatcher]:
-        if self.engine is None or self.batcher is None or self.status == "failed":
-            raise ApiError(503, f"the model is not ready ({self.status})", {"Retry-After": "1"})
-        return self.engine, self.batcher
-
-
-def load_engine(settings: ServeSettings) -> Engine:
-    """Load the model, to compute with the worker's threads."""
-    from graft.deploy.variants import load_predictor, resolve_variant
-    from graft.runtime import set_threads
-    from graft.serve.engine import model_id
-
-    threads = settings.intra_op_threads
-    set_threads(threads)
-    folder, backend = resolve_variant(settings.model, settings.backend)
-    predictor = load_predictor(folder, settings.backend, threads=threads)
-    return Engine(predictor, settings.model_id or model_id(folder), backend)
+from graft.serve.state import ServerState
 
 
 def create_app(
@@ -309,10 +189,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         engine, _ = state.ready_engine()
         return engine.metadata()
 
-    @app.post(
-        f"/{API_VERSION}/predict", tags=["model"], openapi_extra={"requestBody": _PREDICT_BODY}
-    )
-    async def predict(request: Request) -> dict[str, Any]:
+    @app.post(PREDICT_PATH, tags=["model"], openapi_extra={"requestBody": _PREDICT_BODY})
+    async def predict(request: Request) -> Response:
         """Labels and probabilities of the inputs: ``label``, ``score`` and the ``top_k`` most
         probable labels of each, in order."""
         authorize(request)
@@ -350,7 +228,9 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             order = r.probabilities.argsort()[::-1][:top_k]
             top = [{"label": labels[i], "score": float(r.probabilities[i])} for i in order]
             predictions.append({**top[0], "top_k": top})
-        return {"model_id": engine.model_id, "predictions": predictions}
+        # A ready Response: FastAPI would otherwise re-encode and validate the dict (its
+        # jsonable_encoder walks every value), per request, on the thread that parses HTTP.
+        return JSONResponse({"model_id": engine.model_id, "predictions": predictions})
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -426,8 +306,8 @@ async def _parse_form(request: Request, body: bytes, limits: Limits) -> tuple[li
 
 
 def _decode_images(engine: Engine, items: list[bytes], max_pixels: int) -> list[Any]:
-    """Decode the uploads (in a worker thread: decoding is CPU work); an unusable one is a 422
-    that names it."""
+    """Decode the uploads (Pillow, in a worker thread: decoding is CPU work, and no torch
+    operation runs here); an unusable one is a 422 that names it."""
     out = []
     for i, data in enumerate(items):
         try:
@@ -435,66 +315,3 @@ def _decode_images(engine: Engine, items: list[bytes], max_pixels: int) -> list[
         except GraftError as e:
             raise InvalidInput(e.message) from None
     return out
-
-
-class RequestLog:
-    """Outermost layer of the app: gives each request an id (the client's ``X-Request-ID`` if
-    it is a sane one), counts and times it, writes its log line, and turns any exception that
-    escaped the app into a 500 that shows the id and nothing else."""
-
-    def __init__(self, app: ASGIApp, state: ServerState) -> None:
-        self.app, self.state = app, state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        info: dict[str, Any] = {"request_id": request_id}
-        scope["state"] = info
-        status, started = 500, False
-        begin = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = message["status"], True
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
-            status = 500
-            trace = traceback.format_exc()
-            fields = {"event": "internal_error", "id": request_id, "traceback": trace}
-            log.error("internal error", extra={"fields": fields})
-            if not started:
-                response = error_response(
-                    500, f"internal error (id {request_id}; see the server log)", request_id
-                )
-                await response(scope, receive, send_with_id)
-        finally:
-            seconds = time.perf_counter() - begin
-            path = scope.get("path", "")
-            endpoint = _endpoint(scope.get("route"))
-            self.state.metrics.requests.labels(endpoint, str(status)).inc()
-            self.state.metrics.latency.labels(endpoint).observe(seconds)
-            line = {
-                "id": request_id,
-                "method": scope.get("method"),
-                "path": path,
-                "status": status,
-                "ms": round(seconds * 1000, 2),
-                **{k: v for k, v in info.items() if k in ("items", "batches", "inputs")},
-            }
-            log.info("request", extra={"fields": line})
-
-
-def _endpoint(route: Any) -> str:
-    """The route's path (a bounded set of label values), or ``other`` for unknown paths."""
-    template = getattr(route, "path", None)
-    return str(template) if template else "other"

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from graft.artifact import Predictor
 from graft.data.images import decode_image
 from graft.data.types import Examples
 from graft.models.base import ImagePreprocess
+from graft.runtime import Precision
 
 
 @dataclass
@@ -29,6 +31,10 @@ class Engine:
     predictor: Predictor
     model_id: str
     backend: str
+    device: torch.device
+    precision: Precision = "fp32"
+    #: Texts are computed this many at a time, sorted by length (see ServeSettings.sub_batch).
+    sub_batch: int = 16
 
     @property
     def modality(self) -> str:
@@ -39,24 +45,30 @@ class Engine:
         return tuple(self.predictor.label_map.names)
 
     def image_input(self, data: bytes, origin: str, max_pixels: int) -> np.ndarray:
-        """An uploaded image decoded and brought to the model's square size (uint8 S×S×3),
-        exactly as an image file is (:func:`graft.pipeline.square_image`). Raises
-        :class:`~graft.errors.DataError` for anything that is not a usable image."""
-        from graft.pipeline import square_image
-
-        prep = self.predictor.preprocess
-        assert isinstance(prep, ImagePreprocess)
-        return square_image(decode_image(data, origin, max_pixels), prep.image_size)
+        """An uploaded image decoded (uint8, (H, W) or (H, W, 3)); brought to the model's size
+        in :meth:`infer`. Raises :class:`~graft.errors.DataError` for anything that is not a
+        usable image. Pillow only: safe on any thread."""
+        return decode_image(data, origin, max_pixels)
 
     def infer(self, inputs: list[Any]) -> np.ndarray:
         """Class probabilities (float32, one row per input) of one batch: texts, or images
-        made by :meth:`image_input`."""
-        examples = (
-            Examples("text", list(inputs), ["?"] * len(inputs), "request")
-            if self.modality == "text"
-            else Examples("image", np.stack(inputs), ["?"] * len(inputs), "request")
+        from :meth:`image_input` (cropped and resized here exactly as image files are,
+        :func:`graft.pipeline.square_image`)."""
+        if self.modality == "text":
+            examples = Examples("text", list(inputs), ["?"] * len(inputs), "request")
+            # graft's pipeline groups texts by length: sub-batches of like lengths pad little.
+            size = min(len(inputs), self.sub_batch)
+        else:
+            from graft.pipeline import square_image
+
+            prep = self.predictor.preprocess
+            assert isinstance(prep, ImagePreprocess)
+            images = np.stack([square_image(x, prep.image_size) for x in inputs])
+            examples = Examples("image", images, ["?"] * len(inputs), "request")
+            size = len(inputs)
+        logits = self.predictor.logits(
+            examples, batch_size=size, device=self.device, precision=self.precision
         )
-        logits = self.predictor.logits(examples, batch_size=len(inputs))
         return logits.softmax(1).numpy()
 
     def warm_up(self, batch_size: int) -> None:
@@ -83,6 +95,8 @@ class Engine:
             "modality": self.modality,
             "labels": list(self.labels),
             "backend": self.backend,
+            "device": str(self.device),
+            "precision": self.precision,
             "format": meta.get("format", "graft"),
             "preprocess": self.predictor.preprocess.to_dict(),
             "backbone": {

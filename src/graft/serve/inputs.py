@@ -119,8 +119,10 @@ def _text(index: int, value: Any, limits: Limits) -> str:
             f"inputs[{index}] has {len(value):,} characters; the limit is "
             f"{limits.max_text_chars:,} (--max-text-chars)"
         )
-    if "\x00" in value:
-        raise InvalidInput(f"inputs[{index}] contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON's "\ud800": a lone surrogate, which no tokenizer takes
+        raise InvalidInput(f"inputs[{index}] is not valid Unicode (a lone surrogate)") from None
     return value
 
 

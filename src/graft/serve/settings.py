@@ -32,6 +32,13 @@ class ServeSettings:
     #: for others to join it.
     max_batch: int = 32
     max_wait_ms: float = 10.0
+    #: Texts of a gathered batch are sorted by length and computed this many at a time, so a
+    #: long text does not pad every short one (images have one size: computed all at once).
+    sub_batch: int = 16
+    #: ``auto``: bf16 where the hardware computes it natively (not for CNNs on a CPU), as in
+    #: training; ``fp32`` gives exactly ``graft predict``'s numbers.
+    precision: str = "auto"
+    device: str = "auto"
     #: Inputs waiting for a forward pass; a request that does not fit is answered 503.
     max_queue: int = 256
     #: Inputs in one request.
@@ -55,6 +62,7 @@ class ServeSettings:
         """Refuse values no server can run with, naming the option."""
         positive = {
             "--max-batch": self.max_batch,
+            "--sub-batch": self.sub_batch,
             "--max-queue": self.max_queue,
             "--max-items": self.max_items,
             "--max-body": self.max_body,
@@ -66,6 +74,8 @@ class ServeSettings:
         for option, value in positive.items():
             if value <= 0:
                 raise UsageError(f"{option} must be positive, not {value}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"--precision {self.precision!r}: choose auto, fp32 or bf16")
         if self.max_wait_ms < 0:
             raise UsageError(f"--max-wait-ms must be 0 or more, not {self.max_wait_ms}")
         if self.threads is not None and self.threads <= 0:
