@@ -45,11 +45,13 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4)
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args()
-    from graft.serve.app import load_engine
     from graft.serve.settings import ServeSettings
+    from graft.serve.state import load_engine
 
-    texts = test_texts(Path(args.model), 600)
+    # Every torch operation on one thread, as in the server: loading the test set loads the
+    # model too, which on the main thread would start a second OpenMP team.
     compute = ThreadPoolExecutor(1)
+    texts = compute.submit(test_texts, Path(args.model), 600).result()
     engine = compute.submit(load_engine, ServeSettings(model=args.model)).result()
     rows, record = [], {"throughput": [], "threads": {}}
     for precision in ("fp32", "bf16"):

@@ -263,6 +263,29 @@ def test_predictions_equal_graft_predicts_for_text_and_images(
     )
 
 
+def test_an_onnx_export_is_served_on_onnx_runtime_like_graft_predict_runs_it(
+    text_model: Path, serve: Any, tmp_path: Path
+) -> None:
+    from graft.deploy.export import export
+
+    onnx = tmp_path / "onnx"
+    export(text_model, "onnx", onnx)
+    server = serve(onnx)
+    meta = server.get("/v1/metadata").json()
+    assert (meta["backend"], meta["format"], meta["precision"]) == ("onnxruntime", "onnx", "fp32")
+    served = server.post(json={"inputs": TEXTS}).json()["predictions"]
+    out = subprocess.run(
+        [sys.executable, "-c", LAUNCH, "predict", str(onnx), *TEXTS, "--json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for mine, line in zip(served, out.splitlines(), strict=True):
+        theirs = json.loads(line)
+        assert mine["label"] == theirs["label"]
+        assert mine["score"] == pytest.approx(theirs["probability"], abs=1e-5)
+    refused = _cli(str(onnx), "--precision", "bf16", "--port", "0")
+    assert refused.returncode == 2 and "ONNX model computes in the types" in refused.stderr
+
+
 # --------------------------------------------------------------------------- errors
 
 

@@ -26,49 +26,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_backend(p)
     p.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host})")
     p.add_argument("--port", type=int, default=d.port, help=f"0: any free port (default {d.port})")
-    batching = p.add_argument_group("batching")
-    batching.add_argument(
-        "--max-batch",
-        type=int,
-        default=d.max_batch,
-        help=f"inputs per forward pass ({d.max_batch})",
-    )
-    batching.add_argument(
-        "--sub-batch",
-        type=int,
-        default=d.sub_batch,
-        help=f"texts computed at a time, sorted by length ({d.sub_batch})",
-    )
-    batching.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=d.max_wait_ms,
-        help=f"how long a batch waits for more inputs ({d.max_wait_ms:g})",
-    )
-    batching.add_argument(
-        "--max-queue",
-        type=int,
-        default=d.max_queue,
-        help=f"inputs waiting at most; more are answered 503 ({d.max_queue})",
-    )
-    limits = p.add_argument_group("limits")
-    limits.add_argument(
-        "--max-items", type=int, default=d.max_items, help=f"inputs per request ({d.max_items})"
-    )
-    limits.add_argument("--max-body", default="4MB", help="largest request body (4MB)")
-    limits.add_argument(
-        "--max-text-chars",
-        type=int,
-        default=d.max_text_chars,
-        help=f"longest text ({d.max_text_chars:,})",
-    )
-    limits.add_argument(
-        "--max-pixels",
-        type=int,
-        default=d.max_pixels,
-        help=f"largest image, width x height ({d.max_pixels:,})",
-    )
-    limits.add_argument(
+    # (option, field, type, what it is); each default is ServeSettings'.
+    numbers: dict[str, list[tuple[str, str, type, str]]] = {
+        "batching": [
+            ("--max-batch", "max_batch", int, "inputs per forward pass"),
+            ("--sub-batch", "sub_batch", int, "texts computed at a time, sorted by length"),
+            ("--max-wait-ms", "max_wait_ms", float, "how long a batch waits for more inputs"),
+            ("--max-queue", "max_queue", int, "inputs waiting at most; more are answered 503"),
+        ],
+        "limits": [
+            ("--max-items", "max_items", int, "inputs per request"),
+            ("--max-text-chars", "max_text_chars", int, "longest text, in characters"),
+            ("--max-pixels", "max_pixels", int, "largest image, width x height"),
+        ],
+    }
+    groups = {title: p.add_argument_group(title) for title in numbers}
+    for title, options in numbers.items():
+        for flag, name, kind, what in options:
+            default = getattr(d, name)
+            groups[title].add_argument(
+                flag, type=kind, default=default, help=f"{what} ({default:,g})"
+            )
+    groups["limits"].add_argument("--max-body", default="4MB", help="largest request body (4MB)")
+    groups["limits"].add_argument(
         "--timeout", default=f"{d.timeout:g}s", help="answer 504 after this long (30s)"
     )
     p.add_argument(

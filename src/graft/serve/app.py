@@ -36,7 +36,7 @@ from starlette.types import Message
 from graft.errors import GraftError
 from graft.serve.batcher import QueueFull
 from graft.serve.engine import Engine
-from graft.serve.gateway import RequestLog
+from graft.serve.gateway import Gateway
 from graft.serve.inputs import (
     InvalidInput,
     Limits,
@@ -73,7 +73,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.graft = state
-    app.add_middleware(RequestLog, state=state)
+    app.add_middleware(Gateway, state=state)
     _add_error_handlers(app)
     _add_routes(app, state)
     return app
@@ -143,6 +143,42 @@ _PREDICT_BODY = {
 }
 
 
+_ERROR = {"error": {"status": 422, "message": "inputs[0] is empty: give a text", "id": "…"}}
+_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "one prediction per input, in order",
+        "content": {
+            "application/json": {
+                "example": {
+                    "model_id": "RUN@0123456789ab",
+                    "predictions": [
+                        {
+                            "label": "positive",
+                            "score": 0.93,
+                            "top_k": [
+                                {"label": "positive", "score": 0.93},
+                                {"label": "negative", "score": 0.07},
+                            ],
+                        }
+                    ],
+                }
+            }
+        },
+    },
+    **{
+        status: {"description": what, "content": {"application/json": {"example": _ERROR}}}
+        for status, what in (
+            (401, "no valid API key (with --api-key)"),
+            (413, "the body is over --max-body"),
+            (415, "a content type the model does not take"),
+            (422, "the request is not usable: the message says why and where"),
+            (503, "the model is loading, or the queue is full (see Retry-After)"),
+            (504, "no answer within --timeout"),
+        )
+    },
+}
+
+
 def _add_routes(app: FastAPI, state: ServerState) -> None:
     settings = state.settings
 
@@ -189,7 +225,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         engine, _ = state.ready_engine()
         return engine.metadata()
 
-    @app.post(PREDICT_PATH, tags=["model"], openapi_extra={"requestBody": _PREDICT_BODY})
+    @app.post(
+        PREDICT_PATH,
+        tags=["model"],
+        openapi_extra={"requestBody": _PREDICT_BODY},
+        responses=_PREDICT_RESPONSES,
+    )
     async def predict(request: Request) -> Response:
         """Labels and probabilities of the inputs: ``label``, ``score`` and the ``top_k`` most
         probable labels of each, in order."""

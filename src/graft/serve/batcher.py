@@ -163,7 +163,7 @@ class MicroBatcher:
 def compute_thread() -> ThreadPoolExecutor:
     """The single thread on which a server runs *every* torch operation: loading, warm-up and
     each forward pass. Each thread that runs an OpenMP-parallel torch op gets its own team of
-    OpenMP workers, and two teams on 2 cores spin against each other: after the model had
-    computed once on a second thread, a MiniLM forward pass of one text took 28.7 ms instead of
-    9.6 ms, on either thread (measured with 2 intra-op threads on a 2-core EPYC)."""
+    OpenMP workers, and two teams on 2 cores spin against each other: after torch had run once
+    on a second thread, a MiniLM forward pass of one text took 27.5 ms instead of 15.3 ms
+    (2 intra-op threads, 2-core EPYC, ``benchmarks/b11_serve_engine.py``)."""
     return ThreadPoolExecutor(1, thread_name_prefix="graft-compute")

@@ -20,7 +20,7 @@ log = logging.getLogger("graft.serve")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-class RequestLog:
+class Gateway:
     """Outermost layer of the app: gives each request an id (the client's ``X-Request-ID`` if
     it is a sane one), turns a prediction away at once while the queue is full, counts and times
     each request, writes its log line, and turns any exception that escaped the app into a 500
