@@ -44,9 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for title, options in numbers.items():
         for flag, name, kind, what in options:
             default = getattr(d, name)
-            groups[title].add_argument(
-                flag, type=kind, default=default, help=f"{what} ({default:,g})"
-            )
+            shown = f"{default:,}" if kind is int else f"{default:g}"
+            groups[title].add_argument(flag, type=kind, default=default, help=f"{what} ({shown})")
     groups["limits"].add_argument("--max-body", default="4MB", help="largest request body (4MB)")
     groups["limits"].add_argument(
         "--timeout", default=f"{d.timeout:g}s", help="answer 504 after this long (30s)"

@@ -213,8 +213,6 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     async def metrics(request: Request) -> Response:
         """Prometheus metrics."""
         authorize(request)
-        if state.batcher is not None:
-            state.metrics.queue_depth.set(state.batcher.depth)
         body, content_type = state.metrics.exposition()
         return Response(body, media_type=content_type)
 

@@ -25,6 +25,8 @@ import numpy as np
 Infer = Callable[[list[Any]], np.ndarray]
 #: Called after each forward pass with its batch size and its seconds.
 OnBatch = Callable[[int, float], None]
+#: Called with the queue's depth whenever it changes (a gauge: every worker keeps its own).
+OnDepth = Callable[[int], None]
 
 
 class QueueFull(Exception):
@@ -62,6 +64,7 @@ class MicroBatcher:
     max_wait: float  # seconds
     max_queue: int  # inputs
     on_batch: OnBatch | None = None
+    on_depth: OnDepth | None = None
     _queue: collections.deque[_Waiting] = field(default_factory=collections.deque)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -100,6 +103,7 @@ class MicroBatcher:
             self._queue.append(_Waiting(item, future, now))
             futures.append(future)
         self._arrived.set()
+        self._depth_changed()
         return futures
 
     def retry_after(self) -> int:
@@ -136,7 +140,12 @@ class MicroBatcher:
             waiting = self._queue.popleft()
             if not waiting.future.done():
                 batch.append(waiting)
+        self._depth_changed()
         return batch
+
+    def _depth_changed(self) -> None:
+        if self.on_depth is not None:
+            self.on_depth(len(self._queue))
 
     async def _compute(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
         start = time.perf_counter()

@@ -35,7 +35,7 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Request:
+class ParsedRequest:
     """A checked request: texts, or encoded images (bytes) still to be decoded."""
 
     items: list[Any]
@@ -47,7 +47,7 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def parse_json(body: bytes, modality: str, limits: Limits) -> Request:
+def parse_json(body: bytes, modality: str, limits: Limits) -> ParsedRequest:
     """A JSON body → texts (text models) or image bytes (image models)."""
     try:
         text = body.decode("utf-8")  # JSON is UTF-8 (RFC 8259); json.loads would guess
@@ -76,8 +76,8 @@ def parse_json(body: bytes, modality: str, limits: Limits) -> Request:
     _check_count(len(inputs), limits)
     top_k = parse_top_k(data.get("top_k"), limits)
     if modality == "text":
-        return Request([_text(i, x, limits) for i, x in enumerate(inputs)], top_k)
-    return Request([_base64_image(i, x) for i, x in enumerate(inputs)], top_k)
+        return ParsedRequest([_text(i, x, limits) for i, x in enumerate(inputs)], top_k)
+    return ParsedRequest([_base64_image(i, x) for i, x in enumerate(inputs)], top_k)
 
 
 def check_files(count: int, limits: Limits) -> None:

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
+import uvicorn
+
 from graft.errors import GraftError, UsageError
 from graft.serve.settings import SETTINGS_ENV, ServeSettings
 
@@ -93,43 +95,33 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class GraftServer:
-    """A :class:`uvicorn.Server` whose signals end the server without killing the process."""
+class GraftServer(uvicorn.Server):
+    """A uvicorn server whose signals end the server without killing the process; it records
+    the signal that stopped it and calls ``on_stop`` (readiness turns 503) at once."""
 
-    def __init__(self, config: Any, on_stop: Callable[[], None]) -> None:
-        import uvicorn
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_stop = on_stop
+        self.stop_signal: int | None = None
 
-        class _Server(uvicorn.Server):
-            stop_signal: int | None = None
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = sig
+            self.on_stop()
+        super().handle_exit(sig, frame)
 
-            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-                if self.stop_signal is None:
-                    self.stop_signal = sig
-                    on_stop()
-                super().handle_exit(sig, frame)
-
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                if threading.current_thread() is not threading.main_thread():
-                    yield
-                    return
-                handled = (signal.SIGINT, signal.SIGTERM)
-                previous = {s: signal.signal(s, self.handle_exit) for s in handled}
-                try:
-                    yield
-                finally:
-                    for number, handler in previous.items():
-                        signal.signal(number, handler)
-
-        self.server = _Server(config)
-
-    def run(self, sock: socket.socket) -> int | None:
-        """Serve until stopped; the signal that stopped it, if one did."""
-        self.server.run(sockets=[sock])
-        return self.server.stop_signal
-
-    def stop(self) -> None:
-        self.server.should_exit = True
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, self.handle_exit) for s in handled}
+        try:
+            yield
+        finally:  # unlike uvicorn's own, the signal is not raised again afterwards
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 def serve(settings: ServeSettings) -> int:
@@ -174,9 +166,7 @@ def _listening(sock: socket.socket, settings: ServeSettings) -> None:
     )
 
 
-def _config(settings: ServeSettings, app: Any, **options: Any) -> Any:
-    import uvicorn
-
+def _config(settings: ServeSettings, app: Any, **options: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         log_config=LOG_CONFIG,
@@ -196,15 +186,16 @@ def _serve_one(settings: ServeSettings, sock: socket.socket) -> int:
 
     def on_fatal(error: GraftError) -> None:
         failure.append(error)
-        server.stop()
+        server.should_exit = True
 
     app = create_app(settings, on_fatal)
     server = GraftServer(_config(settings, app), on_stop=app.state.graft.stopping)
     _listening(sock, settings)
     try:
-        stopped_by = server.run(sock)
+        server.run(sockets=[sock])
     finally:
         sock.close()
+    stopped_by = server.stop_signal
     if failure:
         raise failure[0]
     return 128 + signal.SIGINT if stopped_by == signal.SIGINT else 0

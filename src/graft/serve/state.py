@@ -32,7 +32,6 @@ class ServerState:
         self.engine: Engine | None = None
         self.batcher: MicroBatcher | None = None
         self.status = "loading"
-        self.error: GraftError | None = None
         self.on_fatal = on_fatal
         self.compute = compute_thread()  # every torch operation runs on this one thread
         self._loading: asyncio.Task[None] | None = None
@@ -58,7 +57,7 @@ class ServerState:
                     f"({type(e).__name__}: {e})"
                 )
             )
-            self.status, self.error = "failed", error
+            self.status = "failed"
             failed = {"event": "load_failed", "error": str(error)}
             if not isinstance(e, GraftError):
                 failed["traceback"] = traceback.format_exc()
@@ -74,6 +73,7 @@ class ServerState:
             max_wait=self.settings.max_wait_ms / 1000,
             max_queue=self.settings.max_queue,
             on_batch=self.metrics.batch_done,
+            on_depth=self.metrics.queue_depth.set,
         )
         self.batcher.start()
         if self.status == "loading":
