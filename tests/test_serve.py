@@ -584,6 +584,11 @@ def test_sigterm_during_a_stream_of_requests_loses_none(text_model: Path, serve:
 
 def test_two_workers_serve_one_port_and_add_up_their_metrics(text_model: Path, serve: Any) -> None:
     server = serve(text_model, "--workers", "2", "--max-wait-ms", "1")
+    # Readiness is per worker, and both accept on the one socket: wait until each has said so.
+    deadline = time.monotonic() + 90
+    while len({e.get("pid") for e in server.lines() if e.get("event") == "ready"}) < 2:
+        assert time.monotonic() < deadline and server.proc.poll() is None, server.log()
+        time.sleep(0.05)
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: server.post(json={"inputs": ["x", "y"]}), range(20)))
     assert all(a.status_code == 200 for a in answers)

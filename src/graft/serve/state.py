@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -87,6 +88,7 @@ class ServerState:
             "precision": engine.precision,
             "warmup_batch": self.settings.max_batch,
             "warmup_ms": warmup_ms,
+            "pid": os.getpid(),  # with --workers, each worker says when it is ready
         }
         log.info("ready", extra={"fields": ready})
 
