@@ -48,11 +48,12 @@ def _digest(targets: np.ndarray | None) -> Any:
 class BatchIndex(list[int]):
     """The example indexes of one batch, and where the batch stands: ``epoch`` and ``position``
     (its number in the epoch's order). Datasets seed their random draws from these; the list
-    travels to loader workers as it is (it pickles with its attributes)."""
+    travels to loader workers as it is (it pickles with its attributes). ``part``: which
+    rank's shard of the batch it is in a distributed run (0 otherwise)."""
 
-    def __init__(self, indexes: list[int], epoch: int, position: int) -> None:
+    def __init__(self, indexes: list[int], epoch: int, position: int, part: int = 0) -> None:
         super().__init__(indexes)
-        self.epoch, self.position = epoch, position
+        self.epoch, self.position, self.part = epoch, position, part
 
 
 def batch_seed(seed: int, epoch: int, position: int) -> int:
@@ -182,7 +183,9 @@ class ImageBatches(torch.utils.data.Dataset[Batch]):
     def __getitems__(self, index: list[int]) -> Batch:
         context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if self.random and isinstance(index, BatchIndex):
-            context = seeded(batch_seed(self.seed, index.epoch, index.position))
+            # Each rank's shard of a batch draws its own augmentations (part 0: one process).
+            seed = self.seed if not index.part else self.seed * 65_537 + index.part
+            context = seeded(batch_seed(seed, index.epoch, index.position))
         with context:
             x = images_to_tensor(self._load(index), self.prep, self.augment)
             y = None if self.targets is None else torch.from_numpy(self.targets[index])
@@ -316,16 +319,20 @@ def identity_collate(batch: Any) -> Any:
 
 
 def batches_once(
-    loader: DataLoader[Batch], device: torch.device
+    loader: DataLoader[Batch], device: torch.device, positions: range | None = None
 ) -> Iterator[tuple[list[int], Batch]]:
     """Every example of ``loader``'s dataset once, as (indexes, batch on ``device``), in a fixed
     order (texts sorted by length: little padding), in the loader's batch size. For computing a
-    cache: an evaluation loader (not shuffled) gets its own batches exactly."""
+    cache: an evaluation loader (not shuffled) gets its own batches exactly. ``positions``: only
+    these batches of that order (a distributed rank's part of the pass)."""
     sampler = loader.batch_sampler
     assert isinstance(sampler, EpochBatches)
     data: Any = loader.dataset
-    for index in EpochBatches(sampler.n, sampler.batch_size, False, lengths=sampler.lengths):
-        yield index, to_device(data.__getitems__(index), device)
+    once = EpochBatches(sampler.n, sampler.batch_size, False, lengths=sampler.lengths)
+    wanted = set(positions if positions is not None else range(len(once)))
+    for position, index in enumerate(once):
+        if position in wanted:
+            yield index, to_device(data.__getitems__(index), device)
 
 
 def same_batches(

@@ -36,6 +36,7 @@ from graft.distill import (
     load_teacher,
     with_teacher_logits,
 )
+from graft.distributed import active, rank_device, shard_loader
 from graft.errors import UsageError
 from graft.features.body import compute_features
 from graft.features.store import shared_store
@@ -322,6 +323,7 @@ def _settings(
         feature_store=shared_store() if t.feature_cache else None,
         device=device,
         precision=precision,
+        seed=t.seed,
     )
 
 
@@ -336,6 +338,12 @@ def _check_modality(backbone: Backbone, splits: Splits, name: str) -> None:
 def _check_closure_optimizer(config: RunConfig, backbone: Backbone, trainable: int) -> None:
     from graft.optim import check_lbfgs_applicable
 
+    if config.optim.name == "lbfgs" and active() is not None:
+        raise UsageError(
+            "optim.name: lbfgs takes full-batch steps in one process; a data-parallel run "
+            "cannot split its line search",
+            hint="run it without --nproc / torchrun, or choose another optimizer",
+        )
     if config.optim.name != "lbfgs":
         return
     if config.train.grad_accum > 1:
@@ -437,7 +445,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     Every mistake in the config or the data surfaces here."""
     threads = set_threads(config.hardware.threads)
     keep_freed_memory()
-    device = select_device(config.hardware.device)
+    device = rank_device(select_device(config.hardware.device))
     seed_everything(config.train.seed)
     check_backbone_name(config.backbone.name, config.backbone.source)  # before the data is read
     _check_distill_config(config)
@@ -510,6 +518,9 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         objective.distill, train_loader = _distillation(
             config, teacher, train_set, train_loader, loaders, device, log
         )
+    # Distributed: this rank's shard of every global batch (the loader is unchanged otherwise);
+    # caches and the head's linear-probe fit above still see every example.
+    train_loader = shard_loader(train_loader)
     prepared = Prepared(
         config=config,
         splits=splits,

@@ -9,6 +9,7 @@ stop). :class:`Recorder` implements the loop's :class:`~graft.train.Hooks` proto
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from safetensors.torch import save as safetensors_save
 from graft.atomic import atomic_write, saving
 from graft.checkpoint import save_checkpoint
 from graft.console import EpochProgress, RunLog
+from graft.distributed import active, any_rank
 from graft.errors import Interrupted
 from graft.features.body import head_only
 from graft.prepare import Prepared
@@ -48,6 +50,9 @@ class Recorder:
         self.best_path = run_dir / BEST_WEIGHTS
         self.stop = StopRequest()  # replaced by fit with the one its signal handlers set
         self.last_save = time.monotonic()
+        ranks = active()
+        # Distributed: every rank runs the hooks (they agree on when to stop); rank 0 writes.
+        self.writes = ranks is None or ranks.main
 
     def message(self, text: str) -> None:
         self.log(text)
@@ -65,11 +70,13 @@ class Recorder:
         """Log the step's loss; checkpoint when one is due (not at an epoch's last step: the
         epoch-end checkpoint follows) or when a signal asked to stop, and then stop."""
         path = self.run_dir / STEPS
-        with saving(path, "step log"), path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": state.step, "loss": state.losses[-1]}) + "\n")
+        if self.writes:
+            with saving(path, "step log"), path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.step, "loss": state.losses[-1]}) + "\n")
         # Read the flag once: a signal that arrives between a check and the stop would end the
         # run without the checkpoint of this step (found by the SIGTERM test's random timing).
-        stop = self.stop.requested
+        # Distributed, the ranks stop together at the first step any of them was asked to.
+        stop = any_rank(self.stop.requested)
         if stop or (self._due(state.step) and not epoch_done):
             self.checkpoint(state, opt, sched)
         if stop:
@@ -85,6 +92,8 @@ class Recorder:
         return minutes is not None and time.monotonic() - self.last_save >= 60 * minutes
 
     def checkpoint(self, state: TrainState, opt: Any, sched: Any) -> None:
+        if not self.writes:
+            return
         save_checkpoint(
             self.run_dir,
             model=self.prep.backbone.model,
@@ -100,13 +109,15 @@ class Recorder:
     def _stop(self, state: TrainState) -> None:
         """End the run after a signal, its checkpoint written: raise :class:`Interrupted`."""
         self.progress.stop()
+        # A distributed rank may stop because another rank was signalled: as if by SIGTERM.
+        number = self.stop.signal_number or signal.SIGTERM
         where = f"step {state.step}, epoch {state.epoch + (1 if state.batch else 0)}"
-        message = f"{self.stop.signal_name}: stopped at {where} with a checkpoint in {self.run_dir}"
+        name = signal.Signals(number).name
+        message = f"{name}: stopped at {where} with a checkpoint in {self.run_dir}"
         self.log(message)
-        assert self.stop.signal_number is not None
         raise Interrupted(
             message,
-            signal_number=self.stop.signal_number,
+            signal_number=number,
             hint=f"continue with `graft fit CONFIG --resume {self.run_dir}`",
         )
 
@@ -134,6 +145,23 @@ class Recorder:
         self, state: TrainState, record: dict[str, Any], is_best: bool, opt: Any, sched: Any
     ) -> None:
         self.progress.stop()
+        if self.writes:
+            self._write_epoch(state, record, is_best)
+        self.checkpoint(state, opt, sched)
+        self.log(
+            f"epoch {record['epoch']}/{self.prep.plan.epochs} [{record['phase']}] "
+            f"loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.4f}  "
+            f"val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}  "
+            f"val F1 {record['val_macro_f1']:.4f}  {record['samples_per_s']:.1f} samples/s"
+            + ("  *best*" if is_best else "")
+        )
+        if self.on_epoch is not None:  # after the checkpoint: a pruned trial stays resumable
+            self.on_epoch(record)
+        if any_rank(self.stop.requested):  # the checkpoint above is this epoch's: stop on it
+            self._stop(state)
+
+    def _write_epoch(self, state: TrainState, record: dict[str, Any], is_best: bool) -> None:
+        """The epoch's line in metrics.jsonl, TensorBoard, the best weights, the probe head."""
         model = self.prep.backbone.model
         metrics = self.run_dir / METRICS
         with saving(metrics, "metrics"), metrics.open("a", encoding="utf-8") as f:
@@ -148,15 +176,3 @@ class Recorder:
                 atomic_write(self.best_path, lambda fh: fh.write(safetensors_save(weights)))
         if self._probe_phase_ended(state, record):
             self._save_probe_head()
-        self.checkpoint(state, opt, sched)
-        self.log(
-            f"epoch {record['epoch']}/{self.prep.plan.epochs} [{record['phase']}] "
-            f"loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.4f}  "
-            f"val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}  "
-            f"val F1 {record['val_macro_f1']:.4f}  {record['samples_per_s']:.1f} samples/s"
-            + ("  *best*" if is_best else "")
-        )
-        if self.on_epoch is not None:  # after the checkpoint: a pruned trial stays resumable
-            self.on_epoch(record)
-        if self.stop.requested:  # the checkpoint above is this epoch's: stop on it
-            self._stop(state)

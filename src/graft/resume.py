@@ -115,12 +115,18 @@ def last_checkpoint(run_dir: Path) -> str:
 
 
 def resume_state(
-    run_dir: Path, checkpoint: dict[str, Any] | None, model: torch.nn.Module, log: RunLog
+    run_dir: Path,
+    checkpoint: dict[str, Any] | None,
+    model: torch.nn.Module,
+    log: RunLog,
+    files: bool = True,
 ) -> TrainState:
     """Load the checkpoint's weights and loop state (RNG states are restored by the loop);
-    clear what a killed run left half-done."""
-    for stale in remove_stale_temporaries(run_dir / CHECKPOINT):
-        log(f"removed {stale.name}: a checkpoint write that was cut off")
+    clear what a killed run left half-done (``files``: this process owns the run directory,
+    not a distributed run's rank > 0)."""
+    if files:
+        for stale in remove_stale_temporaries(run_dir / CHECKPOINT):
+            log(f"removed {stale.name}: a checkpoint write that was cut off")
     state = TrainState()
     if checkpoint is None:
         log("no checkpoint yet: the run starts over")
@@ -136,5 +142,6 @@ def resume_state(
             f"resuming at epoch {state.epoch + 1}, batch {state.batch} "
             f"(phase {state.phase}, step {state.step})"
         )
-    rewrite_logs(run_dir, state)
+    if files:
+        rewrite_logs(run_dir, state)
     return state

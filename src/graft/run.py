@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file as safetensors_load
 
 from graft.artifact import save_model
@@ -26,6 +27,15 @@ from graft.checkpoint import config_hash, data_fingerprint
 from graft.config import RunConfig, apply_override, dump_config, load_config, validate
 from graft.console import RunLog
 from graft.data.types import Examples
+from graft.distributed import (
+    PeerLost,
+    active,
+    check_same,
+    from_main,
+    ranks_from_environment,
+    start,
+    stop,
+)
 from graft.errors import DataError, TrainingDiverged, UsageError
 from graft.features.body import compute_features, head_only
 from graft.metrics import classification_metrics, summary_line
@@ -55,7 +65,13 @@ from graft.rundir import (
     read_results,
     read_run_meta,
 )
-from graft.runtime import deterministic_mode, environment, peak_rss_mb, stop_on_signals
+from graft.runtime import (
+    deterministic_mode,
+    environment,
+    peak_rss_mb,
+    select_device,
+    stop_on_signals,
+)
 from graft.safe_load import weights_only_loading
 from graft.train import TrainState, evaluate, train
 
@@ -120,7 +136,22 @@ def fit(
     """
     config = _as_config(config, overrides)
     with weights_only_loading(), deterministic_mode(config.train.deterministic):
-        return _fit(config, resume, force, quiet, on_epoch)
+        ranks = ranks_from_environment()
+        if ranks is None:
+            return _fit(config, resume, force, quiet, on_epoch)
+        # Started by torchrun (graft fit --nproc N): one rank of a data-parallel run.
+        start(ranks, select_device(config.hardware.device))
+        try:
+            return _fit(config, resume, force, quiet or not ranks.main, on_epoch)
+        except dist.DistError as e:
+            raise PeerLost(
+                f"rank {ranks.rank}: another rank of this job stopped or cannot be reached "
+                f"({str(e).strip().splitlines()[0][:200]})",
+                hint="the job's last checkpoint is in its run directory: continue with "
+                "--resume RUN_DIR",
+            ) from None
+        finally:
+            stop()
 
 
 def _as_config(
@@ -152,35 +183,43 @@ def _fit(
     on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> FitResult:
     log = RunLog(quiet=quiet)
-    check_writable_dir(Path(config.output.dir), "output.dir")  # before the data is read
+    ranks = active()  # distributed: rank 0 alone reads and writes the run directory
+    main = ranks is None or ranks.main
     digest = config_hash(config.to_dict())
-    checkpoint: dict[str, Any] | None = None
+    check_same(digest, "config")
+    if main:
+        check_writable_dir(Path(config.output.dir), "output.dir")  # before the data is read
     run_dir: Path | None = None
     if resume:
-        run_dir = (
-            Path(resume)
-            if not isinstance(resume, bool)
-            else find_resumable(Path(config.output.dir), config.output.name, digest)
+        run_dir, pending, checkpoint = from_main(
+            lambda: _read_resume(config, resume, digest, force, log)
         )
-        if finish_pending(run_dir, config.checkpoint.keep):
+        if pending:
             # Killed after results.json: only the clean-up and the report are left.
-            check_config(run_dir, read_run_meta(run_dir).get("config_hash"), digest, force, log)
             log.attach(run_dir / LOG)
             log(f"resuming {run_dir}: the run is finished but for its clean-up and report")
-            return _close(run_dir, read_results(run_dir / RESULTS), config.checkpoint.keep, log)
-        checkpoint = read_resume(run_dir, digest, force, log)
+            results = read_results(run_dir / RESULTS)
+            if not main:
+                return FitResult(run_dir, results)
+            return _close(run_dir, results, config.checkpoint.keep, log)
+    else:
+        checkpoint = None
     started = time.perf_counter()
     prep = prepare(config, log)
     fingerprint = data_fingerprint(prep.splits)
+    check_same(fingerprint, "data fingerprint")
     digests = (digest, fingerprint)
-    if run_dir is not None:
+    if run_dir is not None and main:
         check_data(run_dir, checkpoint, fingerprint, force, log)
 
     # Everything the user could get wrong has been checked: now the run directory may exist.
     fresh = run_dir is None
-    run_dir = run_dir or _open_run_dir(config, digests)
-    log.attach(run_dir / LOG)
+    run_dir = run_dir or from_main(lambda: _open_run_dir(config, digests))
+    if main:
+        log.attach(run_dir / LOG)
     log(f"run directory: {run_dir}")
+    if ranks is not None:
+        log(f"data parallel: {ranks.world} processes, global batch {config.train.batch_size}")
     log(
         f"device {prep.device}, {prep.threads} threads, "
         + ("bf16 autocast" if prep.settings.precision == "bf16" else "fp32")
@@ -195,8 +234,8 @@ def _fit(
         log("feature cache off: distillation needs each batch's teacher logits")
 
     model = prep.backbone.model
-    state = resume_state(run_dir, checkpoint, model, log) if not fresh else TrainState()
-    if not fresh and force:
+    state = resume_state(run_dir, checkpoint, model, log, files=main) if not fresh else TrainState()
+    if not fresh and force and main:
         with saving(run_dir, "run record"):
             _write_run_meta(run_dir, config, digests)
 
@@ -218,6 +257,8 @@ def _fit(
             )
     except TrainingDiverged as e:
         recorder.progress.stop()
+        if not main:
+            raise
         if not (run_dir / CHECKPOINT).exists():  # nothing to resume from: leave nothing behind
             if fresh:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -231,10 +272,26 @@ def _fit(
         raise TrainingDiverged(f"{e.message}; {kept}", hint=e.hint) from None
     except BaseException:
         recorder.progress.stop()
-        if fresh and not (run_dir / CHECKPOINT).exists():
+        if fresh and main and not (run_dir / CHECKPOINT).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth resuming: leave no trace
         raise
     return _finish(prep, recorder, state, digests, started)
+
+
+def _read_resume(
+    config: RunConfig, resume: bool | str | Path, digest: str, force: bool, log: RunLog
+) -> tuple[Path, bool, dict[str, Any] | None]:
+    """The run to continue, whether only its clean-up is left (killed after results.json), and
+    the checkpoint to continue from."""
+    run_dir = (
+        Path(resume)
+        if not isinstance(resume, bool)
+        else find_resumable(Path(config.output.dir), config.output.name, digest)
+    )
+    if finish_pending(run_dir, config.checkpoint.keep):
+        check_config(run_dir, read_run_meta(run_dir).get("config_hash"), digest, force, log)
+        return run_dir, True, None
+    return run_dir, False, read_resume(run_dir, digest, force, log)
 
 
 def _finish(
@@ -248,8 +305,11 @@ def _finish(
     config, run_dir, log = prep.config, recorder.run_dir, recorder.log
     model = prep.backbone.model
     if config.train.restore_best:  # evaluate and save the best epoch's weights
-        model.load_state_dict(_best_weights(recorder.best_path))
-    results = _final_results(prep)
+        model.load_state_dict(from_main(lambda: _best_weights(recorder.best_path)))
+    results = _final_results(prep)  # distributed: every rank evaluates its part
+    ranks = active()
+    if ranks is not None and not ranks.main:
+        return FitResult(run_dir, results)
     results.update(
         run=run_dir.name,
         backbone=config.backbone.name,

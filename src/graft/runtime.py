@@ -81,8 +81,11 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
 
 
 def set_threads(threads: int | None) -> int:
-    """Intra-op threads: all cores by default (a 2-core CPU runs matmuls at ~2x with 2 threads)."""
-    n = threads or len(os.sched_getaffinity(0))
+    """Intra-op threads: all cores by default (a 2-core CPU runs matmuls at ~2x with 2 threads),
+    shared out among the processes of a distributed run on this machine (torchrun's
+    ``LOCAL_WORLD_SIZE``)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    n = threads or max(1, len(os.sched_getaffinity(0)) // local)
     torch.set_num_threads(n)
     return n
 

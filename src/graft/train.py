@@ -28,6 +28,14 @@ from torch.utils.data import DataLoader
 
 from graft.checkpoint import restore_rng_states, rng_untouched
 from graft.distill import Distillation
+from graft.distributed import (
+    gather_batches,
+    my_batches,
+    seed_step,
+    sum_over_ranks,
+    world_size,
+    wrap,
+)
 from graft.errors import TrainingDiverged
 from graft.features.body import cached_loaders, head_only
 from graft.features.prefix import cached_prefix_loaders
@@ -85,6 +93,7 @@ class LoopSettings:
     feature_store: FeatureStore | None = None  # shared with other runs (features/store.py)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: Precision = "fp32"  # "bf16": autocast of the forward passes (runtime.py)
+    seed: int = 0  # train.seed: a distributed run's per-rank random streams start from it
 
 
 @dataclass
@@ -185,15 +194,17 @@ def evaluate(
     device: torch.device,
     precision: Precision = "fp32",
 ) -> dict[str, Any]:
-    """Logits, predictions and mean loss over a labeled loader."""
-    logits, targets = [], []
+    """Logits, predictions and mean loss over a labeled loader. In a distributed run each rank
+    computes whole batches of the loader and every rank gets all of them, in order: the same
+    numbers as one process."""
+    parts = []
     with no_grad_eval(model), autocast(device, precision):
-        for batch in loader:
+        for batch in my_batches(loader):
             batch = to_device(batch, device)
-            logits.append(model(**batch["inputs"]).float().cpu())
-            targets.append(batch["targets"].cpu())
-    all_logits = torch.cat(logits)
-    all_targets = torch.cat(targets)
+            parts.append((model(**batch["inputs"]).float().cpu(), batch["targets"].cpu()))
+    parts = gather_batches(parts)
+    all_logits = torch.cat([logits for logits, _ in parts])
+    all_targets = torch.cat([targets for _, targets in parts])
     loss = float(F.cross_entropy(all_logits, all_targets))
     return {"logits": all_logits, "targets": all_targets.numpy(), "loss": loss}
 
@@ -244,11 +255,12 @@ def train(
         if rng is not None:  # the one restore point of a resume
             restore_rng_states(rng)
             rng = None
+        trained = wrap(forward)  # DDP when distributed: built per phase, as groups thaw
         while state.phase_epoch < phase.epochs:
             hooks.epoch_start(state, len(phase_train))
             set_train_mode(model, settings.frozen_bn_updates, bn_eval=phase.bn == "eval")
             record = _train_epoch(
-                forward,
+                trained,
                 phase_train,
                 optimizer,
                 scheduler,
@@ -376,15 +388,26 @@ def _train_epoch(
     n_batches = len(loader)  # the whole epoch's, also when it starts past its first batch
     for i, batch in enumerate(loader, start=state.batch):
         batch = to_device(batch, device)
-        with context(), autocast(device, settings.precision):
-            logits = model(**batch["inputs"])
-        loss = objective.batch_loss(logits, batch)
-        value = _finite(float(loss.detach()), state)  # before anything is applied
-        # Average over the micro-batches of a step: 4 micro-batches of 32 = a step of 128.
-        (loss / accum).backward()
+        steps_now = (i + 1) % accum == 0 or i + 1 == n_batches
+        seed_step(settings.seed, state.epoch, i)  # distributed: this rank's dropout stream
+        # DDP all-reduces gradients in the backward of a step's last micro-batch only.
+        with _gradient_sync(model, steps_now):
+            with context(), autocast(device, settings.precision):
+                logits = model(**batch["inputs"])
+            loss = objective.batch_loss(logits, batch)
+            value = float(loss.detach())
+            counts = _batch_counts(value, logits, batch["targets"])
+            if world_size() > 1:  # the global batch's loss and counts, on every rank
+                counts = sum_over_ranks(counts)
+                value = counts[0] / counts[1]
+                # A rank's shard weighs by its share of the global batch; DDP averages.
+                loss = loss * (len(batch["targets"]) * world_size() / counts[1])
+            _finite(value, state)  # before anything is applied
+            # Average over the micro-batches of a step: 4 micro-batches of 32 = a step of 128.
+            (loss / accum).backward()
         step_losses.append(value)
-        n = _count(sums, value, logits, batch["targets"])
-        if (i + 1) % accum == 0 or i + 1 == n_batches:
+        n = _count(sums, counts)
+        if steps_now:
             if clipping:
                 clip_gradients(trainable, settings.max_grad_norm, settings.max_grad_value)
             optimizer.step()
@@ -437,7 +460,7 @@ def _full_batch_epoch(
             (loss * n).backward()  # a sum over examples; divided by their count below
             total, seen = total + loss.detach() * n, seen + n
             if not first:
-                _count(sums, float(loss.detach()), logits, batch["targets"])
+                _count(sums, _batch_counts(float(loss.detach()), logits, batch["targets"]))
         for p in params:
             if p.grad is not None:
                 p.grad.div_(seen)
@@ -464,17 +487,31 @@ def _epoch_sums(state: TrainState) -> dict[str, Any]:
     return sums
 
 
-def _count(sums: dict[str, Any], loss: float, logits: torch.Tensor, targets: torch.Tensor) -> int:
-    """Add one batch to the epoch's running sums; returns its size. Accuracy counts labeled
-    examples only (an unlabeled distillation example has a negative target)."""
+def _batch_counts(loss: float, logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """One batch's loss sum, size, correct and labeled counts (summed over ranks when
+    distributed). Accuracy counts labeled examples only (an unlabeled distillation example has
+    a negative target)."""
     hard = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix: soft targets
     labeled = hard >= 0
     n = len(targets)
-    sums["loss"] += loss * n
-    sums["correct"] += int(((logits.argmax(1) == hard) & labeled).sum())
-    sums["labeled"] += int(labeled.sum())
-    sums["seen"] += n
-    return n
+    correct = int(((logits.argmax(1) == hard) & labeled).sum())
+    return [loss * n, float(n), float(correct), float(labeled.sum())]
+
+
+def _count(sums: dict[str, Any], counts: list[float]) -> int:
+    """Add one batch's :func:`_batch_counts` to the epoch's running sums; returns its size."""
+    loss, n, correct, labeled = counts
+    sums["loss"] += loss
+    sums["correct"] += int(correct)
+    sums["labeled"] += int(labeled)
+    sums["seen"] += int(n)
+    return int(n)
+
+
+def _gradient_sync(model: nn.Module, sync: bool) -> Any:
+    """DDP's ``no_sync`` on micro-batches that do not end a step (nothing otherwise)."""
+    no_sync = getattr(model, "no_sync", None)
+    return contextlib.nullcontext() if sync or no_sync is None else no_sync()
 
 
 def _after_step(

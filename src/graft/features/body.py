@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from graft.distributed import active, all_ranks, gather_batches, my_positions
 from graft.features.keys import body_key
 from graft.features.store import FeatureStore, origin
 from graft.pipeline import Batch, batches_once, same_batches
@@ -83,21 +84,38 @@ def compute_features(
     if store is not None and not getattr(data, "random", False):
         key = body_key(model, loader, device, precision)
     found = store.load(key) if store is not None and key else None
-    if found is not None:
+    # Distributed: the ranks read the store or compute together (a node may lack the entry).
+    if all_ranks(found is not None):
+        assert found is not None
         return FeatureBatches(found["features"], found["targets"], from_store=True)
     n = len(data)
     features: torch.Tensor | None = None
     targets = torch.empty(n, dtype=torch.long)
+
+    def fill(index: list[int], out: torch.Tensor, y: torch.Tensor) -> None:
+        nonlocal features
+        if features is None:
+            features = _storage(n, out.shape[1])
+        idx = torch.as_tensor(index)
+        features[idx] = out
+        targets[idx] = y
+
+    # Distributed, each rank computes whole batches of the one-process pass (so the features
+    # are bit-identical to one process's) and every rank gets all of them: pooled features
+    # are small to send. In one process each batch goes straight into the matrix.
+    parts: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+    keep = parts.append if active() is not None else lambda part: fill(*part)
+    n_batches = len(loader.batch_sampler)  # type: ignore[arg-type]
     with no_grad_eval(model), autocast(device, precision):
-        for index, batch in batches_once(loader, device):
+        for index, batch in batches_once(loader, device, my_positions(n_batches)):
             out = model.features(**batch["inputs"]).float().cpu()  # type: ignore[operator]
-            if features is None:
-                features = _storage(n, out.shape[1])
-            idx = torch.as_tensor(index)
-            features[idx] = out
-            targets[idx] = batch["targets"].cpu()
+            keep((index, out, batch["targets"].cpu()))
+    for part in gather_batches(parts):
+        fill(*part)
     assert features is not None
-    if store is not None and key and features.numel() * 4 <= IN_MEMORY_LIMIT:
+    ranks = active()
+    saves = ranks is None or ranks.main  # one writer per job
+    if store is not None and key and saves and features.numel() * 4 <= IN_MEMORY_LIMIT:
         store.save(key, {"features": features, "targets": targets})
     return FeatureBatches(features, targets)
 
