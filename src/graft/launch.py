@@ -10,6 +10,7 @@ one, is printed above by that rank), with graft's exit code. The same job runs a
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -17,7 +18,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from graft.errors import GraftError, Interrupted, UsageError
+from graft.errors import DataError, GraftError, Interrupted, UsageError
 
 # What a failed rank's exit code says, when it is graft's own (errors.py).
 PEER_LOST_EXIT = 6
@@ -31,11 +32,19 @@ class LaunchFailed(GraftError):
         self.exit_code = exit_code
 
 
-def check_processes(nproc: int, device: str, force: bool, field: str = "--nproc") -> None:
+def check_processes(
+    nproc: int, device: str, optimizer: str, force: bool, field: str = "--nproc"
+) -> None:
     """``nproc`` processes fit the machine: one per GPU on a GPU, at most one per core on a CPU
-    (more would time-share the cores; ``force`` allows it)."""
+    (more would time-share the cores; ``force`` allows it); the optimizer can be split."""
     import torch
 
+    if optimizer == "lbfgs":
+        raise UsageError(
+            "optim.name: lbfgs takes full-batch steps in one process; a data-parallel run "
+            "cannot split its line search",
+            hint="run it without --nproc, or choose another optimizer",
+        )
     if nproc < 1:
         raise UsageError(f"{field} must be at least 1, not {nproc}")
     gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -80,19 +89,22 @@ def launch(
         run_id=job_id or uuid.uuid4().hex[:12],
         rdzv_backend="c10d",
         rdzv_endpoint=rendezvous or "localhost:0",  # one machine: a free port
-        rdzv_configs={"join_timeout": rendezvous_timeout, "timeout": rendezvous_timeout},
+        rdzv_configs={"join_timeout": rendezvous_timeout, "read_timeout": rendezvous_timeout},
         max_restarts=0,  # a failed rank fails the job; --resume continues it
         monitor_interval=0.1,
         start_method="spawn",
     )
     where = f"the rendezvous at {rendezvous}" if rendezvous else "the local rendezvous"
+    # The agent logs each failure at length; the one line below says it.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         elastic_launch(config, sys.executable)("-m", "graft", "fit", *fit_args)
     except ChildFailedError as e:
         raise _failed(e.failures) from None
     except RendezvousError as e:
         raise LaunchFailed(
-            f"{where} could not be joined within {rendezvous_timeout}s: {e}",
+            f"{where} could not be joined within {rendezvous_timeout}s "
+            f"({str(e).strip() or type(e).__name__})",
             PEER_LOST_EXIT,
             hint="start the same command on every machine, with the first machine's address; "
             "check that its port is open",
@@ -109,21 +121,30 @@ def launch(
 
 
 def _failed(failures: dict[int, Any]) -> LaunchFailed:
-    """One line for a failed job: a rank killed by a signal first (the cause; the others
-    only lost it), then graft's own error exits, by rank."""
+    """One line for a failed job, the cause first: a rank killed from outside (not by the
+    launcher's own SIGTERM to the survivors), else a rank's own error exit, before the ranks
+    that only lost a peer (exit 6) or were stopped by the launcher."""
 
     def how(f: Any) -> str:
         if f.exitcode < 0:
             return f"was killed by {signal.Signals(-f.exitcode).name}"
         return f"exited with {f.exitcode}"
 
-    ordered = sorted(failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[0]))
+    def cause_first(item: tuple[int, Any]) -> tuple[int, int]:
+        rank, f = item
+        if f.exitcode < 0:
+            return (3 if -f.exitcode == signal.SIGTERM else 0, rank)
+        return (2 if f.exitcode == PEER_LOST_EXIT else 1, rank)
+
+    ordered = sorted(failures.items(), key=cause_first)
     rank, first = ordered[0]
     others = "".join(f"; rank {r} {how(f)}" for r, f in ordered[1:])
     code = first.exitcode if first.exitcode > 0 else PEER_LOST_EXIT
+    user_error = code in (UsageError.exit_code, DataError.exit_code)
     return LaunchFailed(
         f"the data-parallel job failed: rank {rank} (pid {first.pid}) {how(first)}{others}",
         code,
-        hint="a rank's own error is printed above; the last checkpoint is in the run "
-        "directory: continue with --resume",
+        hint="its error is printed above"
+        if user_error
+        else "the last checkpoint is in the run directory: continue with --resume",
     )

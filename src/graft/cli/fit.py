@@ -84,12 +84,17 @@ def run(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace) -> int:
     """``--nproc N``: the config is checked here, then torchrun's launcher starts the ranks,
     each a ``graft fit`` with the same arguments (but --nproc)."""
+    import os
+
+    # c10d's C++ warnings (a retried connection, with a stack of 30 frames) drown graft's
+    # own one-line errors; set before torch is loaded, inherited by the ranks.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     from graft.config import load_config
     from graft.launch import check_processes, launch
 
     overrides = [*args.overrides, *(["train.deterministic=true"] if args.deterministic else [])]
     config = load_config(args.config, overrides)  # a bad config fails before any process
-    check_processes(args.nproc, config.hardware.device, args.force)
+    check_processes(args.nproc, config.hardware.device, config.optim.name, args.force)
     forwarded = [str(args.config), *overrides]
     if args.resume:
         forwarded += ["--resume"] + ([] if args.resume is True else [str(args.resume)])
