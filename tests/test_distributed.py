@@ -63,13 +63,16 @@ def _config(out: Path, name: str, strategy: dict[str, Any], **train: Any) -> dic
     }
 
 
-def _graft_fit(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _graft_fit(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "graft", "fit", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -118,7 +121,9 @@ def test_two_processes_with_half_batches_train_what_one_process_trains(
     epochs = 3 if strategy["name"] == "lp_ft" else 2
     one = fit(validate(_config(tmp_path, "one", strategy, epochs=epochs)), quiet=True).run_dir
     config = write_yaml(tmp_path / "two.yaml", _config(tmp_path, "two", strategy, epochs=epochs))
-    done = _graft_fit(str(config), "--nproc", "2", "hardware.threads=null")
+    # No shared feature store: the ranks compute the body-feature cache between them.
+    no_store = {"GRAFT_FEATURE_CACHE_SIZE": "0"}
+    done = _graft_fit(str(config), "--nproc", "2", "hardware.threads=null", env=no_store)
     assert done.returncode == 0, done.stderr[-3000:]
     two = tmp_path / "two"
     # Only rank 0 wrote: one run directory each, the result line printed once.
@@ -262,8 +267,16 @@ def test_bad_distributed_command_lines(tmp_path: Path) -> None:
         (["--nproc", "2", "hardware.device=cuda"], 2, "GPU"),
         (["--nnodes", "2"], 2, "--nnodes, --rendezvous and --job-id go with --nproc"),
         (
-            ["--nproc", "1", "--nnodes", "2", "--rendezvous", f"127.0.0.1:{port}"]
-            + ["--rendezvous-timeout", "5"],
+            [
+                "--nproc",
+                "1",
+                "--nnodes",
+                "2",
+                "--rendezvous",
+                f"127.0.0.1:{port}",
+                "--rendezvous-timeout",
+                "5",
+            ],  # noqa: E501
             6,
             f"the rendezvous at 127.0.0.1:{port} could not be joined within 5s",
         ),
