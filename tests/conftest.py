@@ -20,6 +20,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,3 +270,72 @@ def text_model(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) ->
     backbone = build_tiny(TINY_BACKBONES["hf"][0], tiny_bert_dir, num_classes=2)
     save_model(folder, backbone, LabelMap(("neg", "pos")), plan={})
     return folder
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _bindir() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_user() -> tuple[list[str], str | None]:
+    """The command prefix that drops root privileges, and the user it runs as."""
+    if os.geteuid() != 0:
+        return [], None
+    for user in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            continue
+        return ["runuser", "-u", user, "--"], user
+    pytest.skip("running as root with neither a postgres nor a nobody user")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    bindir = _bindir()
+    if bindir is None:
+        reason = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + "; CI must run the PostgreSQL tests")
+        pytest.skip(reason)
+    prefix, user = _as_user()
+    root = Path(tempfile.mkdtemp(prefix="graft-pg-"))
+    if user is not None:
+        shutil.chown(root, user)
+    data, port = root / "data", _free_port()
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*prefix, *cmd], check=True, capture_output=True, cwd=root)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "graft", "--auth=trust", "--no-sync")
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(root / "log"),
+        "-w",
+        "-o",
+        options,
+        "start",
+    )
+    try:
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "graft", "graft")
+        yield f"postgresql://graft@127.0.0.1:{port}/graft"  # the README's form: any driver
+    finally:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            cwd=root,
+        )
+        shutil.rmtree(root, ignore_errors=True)

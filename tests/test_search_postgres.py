@@ -1,7 +1,8 @@
 """``graft search`` on a real PostgreSQL server: two worker processes share one study, and a
 second invocation joins it, as workers on other machines would.
 
-The fixture runs Debian's ``postgresql`` binaries (``/usr/lib/postgresql/*/bin``): ``initdb`` into
+The fixture (``postgres_url`` in conftest.py, shared with test_compare_workers.py) runs Debian's
+``postgresql`` binaries (``/usr/lib/postgresql/*/bin``): ``initdb`` into
 a temporary directory, ``pg_ctl start`` on a free loopback port, ``createdb``; it stops the server
 afterwards. PostgreSQL refuses to run as root, so as root the server runs as the ``postgres``
 user (or ``nobody``). Without PostgreSQL the tests skip, except on CI (``CI=true``) where they
@@ -10,13 +11,6 @@ fail.
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,72 +19,6 @@ from test_search import CALLS_FILE, SLEEP, call_lines, fake_fit, search_file
 from graft.search import search
 
 pytestmark = pytest.mark.integration
-
-
-def _bindir() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _as_user() -> tuple[list[str], str | None]:
-    """The command prefix that drops root privileges, and the user it runs as."""
-    if os.geteuid() != 0:
-        return [], None
-    for user in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            continue
-        return ["runuser", "-u", user, "--"], user
-    pytest.skip("running as root with neither a postgres nor a nobody user")
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    bindir = _bindir()
-    if bindir is None:
-        reason = "PostgreSQL is not installed (apt-get install postgresql)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + "; CI must run the PostgreSQL tests")
-        pytest.skip(reason)
-    prefix, user = _as_user()
-    root = Path(tempfile.mkdtemp(prefix="graft-pg-"))
-    if user is not None:
-        shutil.chown(root, user)
-    data, port = root / "data", _free_port()
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*prefix, *cmd], check=True, capture_output=True, cwd=root)
-
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "graft", "--auth=trust", "--no-sync")
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-l",
-        str(root / "log"),
-        "-w",
-        "-o",
-        options,
-        "start",
-    )
-    try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "graft", "graft")
-        yield f"postgresql://graft@127.0.0.1:{port}/graft"  # the README's form: any driver
-    finally:
-        subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-            capture_output=True,
-            cwd=root,
-        )
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_workers_share_one_study_on_postgresql(

@@ -33,10 +33,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
-import subprocess
-import sys
-import time
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +42,10 @@ from typing import Any
 import yaml
 
 from graft.atomic import atomic_write_text, check_writable_dir
-from graft.compare.records import record_of
+from graft.compare.execute import isolation_record, load_record, run_one
 from graft.compare.spec import (
+    MANIFEST,
     CompareSpec,
-    PlannedRun,
     compare_dir_for,
     load_compare,
     manifest,
@@ -66,49 +63,15 @@ from graft.compare.stats import (
     significance_note,
     summarize,
 )
-from graft.config import dump_config
+from graft.compare.workers import WorkerPlan, run_workers
 from graft.console import RunLog
-from graft.errors import DataError, GraftError, UsageError
+from graft.errors import UsageError
 from graft.rundir import LOG, REPORT, run_state
+from graft.search.study import open_storage
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 RUNS_CSV = "runs.csv"
-ISOLATION = "isolation.json"  # which runs ran in a child process
-
-
-# --------------------------------------------------------------------------------------------
-# Running
-# --------------------------------------------------------------------------------------------
-
-
-def _in_process(run: PlannedRun, resume: Path | None, quiet: bool) -> None:
-    from graft import run as run_module  # looked up at call time: tests count the calls
-
-    run_module.fit(run.config, resume=resume if resume is not None else False, quiet=quiet)
-
-
-def _in_child(run: PlannedRun, config_path: Path, resume: Path | None, quiet: bool) -> None:
-    """``graft fit`` in a fresh interpreter: its peak RSS and wall time are the run's own."""
-    cmd = [sys.executable, "-m", "graft.cli", "fit", str(config_path)]
-    if resume is not None:
-        cmd += ["--resume", str(resume)]
-    if quiet:
-        cmd.append("--quiet")
-    # One run at a time, and this process does not compute meanwhile: OpenMP's own wait policy.
-    code = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False).returncode
-    if code == 130:
-        raise KeyboardInterrupt
-    if code != 0:
-        error = UsageError if code == 2 else DataError if code == 3 else GraftError
-        raise error(
-            f"run {run.name} failed (exit code {code}; its error is printed above)",
-            hint=f"rerun it alone: graft fit {config_path}; `graft compare` again resumes the rest",
-        )
-
-
-def load_record(run: PlannedRun, isolated: bool = True) -> RunRecord:
-    return record_of(run.run_dir, run.label, run.seed, isolated)
 
 
 @dataclass
@@ -148,11 +111,16 @@ def summary_table(rows: Sequence[StrategySummary]) -> tuple[list[str], list[list
     ]
     out = []
     for s in rows:
-        mark = (
-            "best"
-            if s.is_best
-            else {True: "≈", False: f"worse (p={s.test.p:.3f})", None: "?"}[s.tied_with_best]
-        )
+        # One seed per strategy: no p-value (None), so the "worse" text is formatted only when
+        # a strategy is judged worse.
+        if s.is_best:
+            mark = "best"
+        elif s.tied_with_best is None:
+            mark = "?"
+        elif s.tied_with_best:
+            mark = "≈"
+        else:
+            mark = "worse" if s.test.p is None else f"worse (p={s.test.p:.3f})"
         out.append(
             [
                 s.label,
@@ -273,6 +241,9 @@ def run_compare(
     quiet: bool = False,
     verbose: bool = False,
     report: bool = True,
+    workers: int = 1,
+    storage: str | None = None,
+    join: bool = False,
 ) -> CompareResult:
     """Plan every strategy × seed, run those not finished yet, summarize, write the report.
 
@@ -280,50 +251,65 @@ def run_compare(
     compare directory already exists; without it an existing directory of the same spec is
     resumed anyway, and one of a different spec is refused. ``isolate`` runs each ``graft fit``
     in a child process; ``verbose`` shows each run's own log.
+
+    ``workers`` > 1 runs that many at once on this machine, and ``storage`` (an Optuna RDB URL)
+    lets ``join=True`` processes elsewhere take runs of the same compare
+    (:mod:`graft.compare.workers`). A joining process writes no summary: it returns with
+    ``report=None`` once nothing is left to take.
     """
+    check_worker_options(workers, storage, join, resume, isolate)
     log = RunLog(quiet=quiet)
     compare_dir = compare_dir_for(base, spec, default_name)
     check_writable_dir(compare_dir, "output.dir")
     runs = plan_runs(base, spec, compare_dir, source)  # every config checked before any run
-    resumed = open_compare_dir(compare_dir, manifest(spec, runs, source), resume)
+    content = manifest(spec, runs, source)
+    if join and not (compare_dir / MANIFEST).is_file():
+        raise UsageError(
+            f"--join: no compare to join in {compare_dir} (no {MANIFEST})",
+            hint="start it first (the same command without --join); on another machine, "
+            "output.dir must be the same shared folder",
+        )
+    if storage is not None:
+        open_storage(storage)  # a bad URL is refused before the compare directory exists
+    resumed = open_compare_dir(compare_dir, content, resume or join)
     log.attach(compare_dir / LOG)
     states = {r.name: run_state(r.run_dir) for r in runs}
     done = sum(s == "done" for s in states.values())
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // workers) if workers > 1 else None
     log(
         f"compare {compare_dir}: {len(spec.strategies)} strategies × "
         f"{len(spec.seed_values(0))} seeds = {len(runs)} runs"
-        + (f"; resuming, {done} finished" if resumed else "")
+        + (f"; resuming, {done} finished" if resumed and not join else "")
+        + (f"; joining, {done} finished" if join else "")
+        + (f"; {workers} workers, {threads} threads each" if threads else "")
     )
-    isolated = _isolation_record(compare_dir)
-    ran = 0
-    for i, run in enumerate(runs, start=1):
-        state = states[run.name]
-        if state == "done":
-            continue
-        if state == "stale":  # killed before its first checkpoint: nothing to keep
-            shutil.rmtree(run.run_dir)
-        config_path = compare_dir / "configs" / f"{run.name}.yaml"
-        config_path.parent.mkdir(exist_ok=True)
-        atomic_write_text(config_path, dump_config(run.config))
-        resume_dir = run.run_dir if state == "partial" else None
-        log(
-            f"[{i}/{len(runs)}] {run.label} seed {run.seed}" + (" (resuming)" if resume_dir else "")
+    if workers > 1 or storage is not None:
+        plan = WorkerPlan(
+            compare_dir=compare_dir,
+            runs=runs,
+            spec_hash=content["spec_hash"],
+            storage_url=storage,
+            join=join,
+            workers=workers,
+            threads=threads,
+            isolate=isolate,
+            verbose=verbose,
         )
-        started = time.perf_counter()
-        if isolate:
-            _in_child(run, config_path, resume_dir, quiet=not verbose)
-        else:
-            _in_process(run, resume_dir, quiet=not verbose)
-        isolated[run.name] = isolate
-        atomic_write_text(compare_dir / ISOLATION, json.dumps(isolated))
-        ran += 1
-        record = load_record(run)
-        acc = record.score("accuracy", "test") or record.score("accuracy", "validation")
-        log(
-            f"[{i}/{len(runs)}] {run.label} seed {run.seed}: accuracy "
-            + ("–" if acc is None else f"{acc:.4f}")
-            + f" in {time.perf_counter() - started:.1f}s"
-        )
+        if storage is not None:
+            log(f"runs claimed through {plan.where}")
+        ran = run_workers(plan, log)
+        if join:
+            return CompareResult(compare_dir, [], [], None, ran, 0)
+    else:
+        ran = 0
+        for i, run in enumerate(runs, start=1):
+            position = f"[{i}/{len(runs)}]"
+            record = run_one(
+                run, compare_dir, log=log, position=position, isolate=isolate, verbose=verbose
+            )
+            ran += record is not None
+    isolated = isolation_record(compare_dir)
     records = [load_record(r, isolated.get(r.name, True)) for r in runs]
     rows = summarize(records)
     write_summary(compare_dir, rows)
@@ -343,17 +329,30 @@ def run_compare(
             spec_text=dump_spec(spec),
         )
         log(f"report: {report_path}")
-    return CompareResult(compare_dir, records, rows, report_path, ran, len(runs) - ran)
+    return CompareResult(compare_dir, records, rows, report_path, ran, done)
 
 
-def _isolation_record(compare_dir: Path) -> dict[str, bool]:
-    """Which runs ran in a child process (read back on resume)."""
-    path = compare_dir / ISOLATION
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): bool(v) for k, v in data.items()} if isinstance(data, dict) else {}
+def check_worker_options(
+    workers: int, storage: str | None, join: bool, resume: bool, isolate: bool
+) -> None:
+    """The checks of ``--workers``, ``--storage`` and ``--join`` that need no file."""
+    cores = os.cpu_count() or 1
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: at least 1")
+    if workers > cores:
+        raise UsageError(
+            f"--workers {workers}: more than this machine's {cores} cores",
+            hint="each worker's runs need a core at least; more machines: --storage and --join",
+        )
+    if join and storage is None:
+        raise UsageError(
+            "--join needs --storage: the database where the compare's runs are claimed",
+            hint="e.g. --storage postgresql://user:pw@host/graft --join",
+        )
+    if join and resume:
+        raise UsageError("give --resume or --join, not both")
+    if workers > 1 and not isolate:
+        raise UsageError("--in-process runs one fit at a time: it does not go with --workers")
 
 
 def compare(
@@ -367,9 +366,13 @@ def compare(
     isolate: bool = True,
     quiet: bool = False,
     verbose: bool = False,
+    workers: int = 1,
+    storage: str | None = None,
+    join: bool = False,
 ) -> CompareResult:
     """``graft compare CONFIG``: read the config and its ``compare:`` block, apply the options
-    (``strategies="full,linear_probe"``, ``seeds="3"`` or ``"0,1,2"``), and run it."""
+    (``strategies="full,linear_probe"``, ``seeds="3"`` or ``"0,1,2"``), and run it (with
+    ``workers``, ``storage`` and ``join`` as :func:`run_compare` takes them)."""
     base, block = load_compare(config, overrides)
     spec = spec_from_options(block, strategies=strategies, seeds=seeds, name=name)
     return run_compare(
@@ -381,6 +384,9 @@ def compare(
         isolate=isolate,
         quiet=quiet,
         verbose=verbose,
+        workers=workers,
+        storage=storage,
+        join=join,
     )
 
 

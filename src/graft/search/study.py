@@ -81,9 +81,11 @@ def redact(url: str) -> str:
     return url
 
 
-def open_storage(url: str) -> Any:
+def open_storage(url: str, stale_trial_callback: Callable[[Any, Any], None] | None = None) -> Any:
     """An Optuna RDB storage with heartbeats (dead workers' trials get failed) and, for SQLite, a
-    long lock timeout (several workers write to one file)."""
+    long lock timeout (several workers write to one file). ``stale_trial_callback`` is called
+    with (study, trial) for each trial the heartbeat fails (``graft compare`` re-enqueues its
+    run there, with Optuna's ``RetryHeartbeatStaleTrialCallback``)."""
     import optuna
 
     url = with_installed_driver(url)
@@ -100,6 +102,7 @@ def open_storage(url: str) -> Any:
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_S,
                 grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=stale_trial_callback,
             )
     except ImportError as e:
         raise UsageError(
