@@ -95,8 +95,11 @@ def launch(
         start_method="spawn",
     )
     where = f"the rendezvous at {rendezvous}" if rendezvous else "the local rendezvous"
-    # The agent logs each failure at length; the one line below says it.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # The agent logs each failure at length; the one line below says it. (Its loggers set
+    # their own levels, so each is quietened, not just their parent.)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         elastic_launch(config, sys.executable)("-m", "graft", "fit", *fit_args)
     except ChildFailedError as e:
