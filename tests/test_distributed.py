@@ -276,7 +276,7 @@ def test_bad_distributed_command_lines(tmp_path: Path) -> None:
                 f"127.0.0.1:{port}",
                 "--rendezvous-timeout",
                 "5",
-            ],  # noqa: E501
+            ],
             6,
             f"the rendezvous at 127.0.0.1:{port} could not be joined within 5s",
         ),
