@@ -8,6 +8,7 @@ own process, counts of forward passes from the requests this test sent.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -43,6 +44,7 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=log.open("wb"),
             env=env,
+            start_new_session=True,  # its own process group: the clean-up ends its workers too
         )
         event = self.wait_for(lambda e: e.get("event") == "listening", 60)
         self.url = event["url"]
@@ -105,7 +107,8 @@ class Server:
 
     def __exit__(self, *_: Any) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,22 +32,27 @@ from graft.errors import DataError, TrainingDiverged
 from graft.safe_load import load_weights_only, non_finite, require_finite
 
 if TYPE_CHECKING:
-    from graft.data.types import Splits
+    from graft.data.types import Examples, Splits
 
 CHECKPOINT = "checkpoint.pt"
 
 
-def data_fingerprint(splits: Splits) -> str:
+def data_fingerprint(splits: Splits, unlabeled: Mapping[str, Examples] | None = None) -> str:
     """A hash of every example the run reads (train, validation, test, extra sets, in split
     order) and its label: the text itself, the pixels of in-memory images, the bytes of image
     files (one read of each file; not their names or dates, so a copied dataset still matches).
-    A changed CSV, a relabeled example or an edited image changes it."""
+    A changed CSV, a relabeled example or an edited image changes it. ``unlabeled``: the sets
+    whose labels a run never reads (``distill.unlabeled``, ``data.target_unlabeled``), by
+    field, hashed without labels (none given: the same hash as before they existed)."""
     h = hashlib.blake2b(digest_size=16)
     named = [("train", splits.train), ("validation", splits.validation), ("test", splits.test)]
     for name, examples in [*named, *sorted(splits.extra.items())]:
         if examples is not None:
             h.update(f"\0{name}\0{len(examples)}\0".encode())
             hash_examples(h, examples)
+    for name, examples in sorted((unlabeled or {}).items()):
+        h.update(f"\0{name}\0{len(examples)}\0".encode())
+        hash_examples(h, examples, labels=False)
     return h.hexdigest()
 
 
@@ -97,6 +102,7 @@ def save_checkpoint(
     plan: dict[str, Any],
     config_digest: str,
     data_digest: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Write the checkpoint atomically. Refuses (:class:`TrainingDiverged`) to replace the last
     good checkpoint by one with NaN/Inf weights or optimizer state; raises :class:`SaveError`
@@ -118,6 +124,8 @@ def save_checkpoint(
         "config_hash": config_digest,
         "data_fingerprint": data_digest,
     }
+    if extra is not None:  # e.g. an adaptation's domain classifier (graft.adapt)
+        payload["extra"] = extra
     path = run_dir / CHECKPOINT
     with saving(path, "checkpoint"):
         atomic_write(path, lambda f: torch.save(payload, f))

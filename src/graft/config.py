@@ -95,6 +95,19 @@ class DataConfig(_Strict):
     augment: Literal["none", "light", "strong", "randaugment", "trivialaugment"] = "none"
     mixup_alpha: float = Field(0.0, ge=0, description="MixUp on training batches (0: off)")
     cutmix_alpha: float = Field(0.0, ge=0, description="CutMix on training batches (0: off)")
+    target_unlabeled: SourceConfig | None = Field(
+        None,
+        description="the target domain's examples for adapt: (any labels it has are never read)",
+    )
+    target_unlabeled_size: int | None = Field(
+        None, gt=0, description="subsample data.target_unlabeled (seeded by data.seed)"
+    )
+
+    @model_validator(mode="after")
+    def _target_size_needs_target(self) -> DataConfig:
+        if self.target_unlabeled is None and self.target_unlabeled_size is not None:
+            raise ValueError("target_unlabeled_size needs target_unlabeled")
+        return self
 
 
 class BackboneConfig(_Strict):
@@ -263,6 +276,25 @@ class DistillConfig(_Strict):
         return self
 
 
+class AdaptConfig(_Strict):
+    """Domain adaptation to the unlabeled target of ``data.target_unlabeled`` (off: ``none``).
+    Each training batch mixes source and target examples; the target rows add the method's
+    term to the supervised loss of the source rows (docs/adaptation.md)."""
+
+    method: Literal["none", "entropy", "mcc", "self_training", "dann"] = "none"
+    weight: float = Field(
+        1.0, ge=0, description="the term's weight (DANN: λ's final value in its schedule)"
+    )
+    target_fraction: float = Field(
+        0.5, gt=0, lt=1, description="the share of each training batch from the target"
+    )
+    temperature: float = Field(2.5, gt=0, description="MCC: T of softmax(z / T)")
+    threshold: float = Field(
+        0.9, gt=0, lt=1, description="self_training: the confidence a pseudo-label needs"
+    )
+    classifier_lr: float = Field(1e-3, gt=0, description="DANN: the domain classifier's LR")
+
+
 class TrainConfig(_Strict):
     """The loop: epochs, batches, gradient handling, model selection, seeds."""
 
@@ -350,6 +382,7 @@ class RunConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     regularize: RegularizeConfig = Field(default_factory=RegularizeConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
@@ -515,6 +548,9 @@ LATER_SETTINGS: dict[tuple[str, str | None], Any] = {
     ("backbone", "keep_layers"): None,
     ("backbone", "init_from"): None,
     ("distill", None): DistillConfig().model_dump(mode="json"),
+    ("adapt", None): AdaptConfig().model_dump(mode="json"),
+    ("data", "target_unlabeled"): None,
+    ("data", "target_unlabeled_size"): None,
 }
 
 

@@ -356,6 +356,18 @@ def same_batches(
     )
 
 
+def with_sampler(loader: DataLoader[Batch], sampler: EpochBatches) -> DataLoader[Batch]:
+    """``loader`` (its dataset, workers and settings) with other batches."""
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=sampler,
+        collate_fn=identity_collate,
+        num_workers=loader.num_workers,
+        worker_init_fn=loader.worker_init_fn,
+        generator=_private_generator(),
+    )
+
+
 def _private_generator() -> torch.Generator:
     """For the seed a DataLoader draws each time it starts an iteration: drawn from the process's
     generator, it would shift the dropout stream by one draw per iteration, and a run resumed

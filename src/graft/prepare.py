@@ -6,6 +6,7 @@ surfaces here, so a run that starts has nothing left to refuse.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Sequence
@@ -16,6 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from graft.adapt.batches import MixedBatches
+from graft.adapt.setup import (
+    build_adaptation,
+    check_adapt_config,
+    check_adapt_plan,
+    unlabeled_target,
+)
 from graft.augment import build_augment, build_batch_mix
 from graft.config import (
     DataConfig,
@@ -44,7 +52,7 @@ from graft.models import Backbone, ImagePreprocess, build_backbone, check_backbo
 from graft.models.base import set_dropout
 from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.phases import apply_phase
-from graft.pipeline import Loaders
+from graft.pipeline import Loaders, with_sampler
 from graft.runtime import (
     Precision,
     keep_freed_memory,
@@ -368,6 +376,31 @@ def _check_distill_config(config: RunConfig) -> None:
         )
 
 
+def unlabeled_sets(config: RunConfig) -> dict[str, Examples]:
+    """The sets of a run whose labels it never reads, by config field: ``distill.unlabeled``
+    and ``data.target_unlabeled`` (when its adaptation is on). Part of the data fingerprint."""
+    found = {
+        "distill.unlabeled": _unlabeled(config.distill, config.data.seed),
+        "data.target_unlabeled": _target(config),
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _target(config: RunConfig) -> Examples | None:
+    """The unlabeled target set of an adaptation (``data.target_unlabeled``), labels blanked."""
+    data = config.data
+    if config.adapt.method == "none" or data.target_unlabeled is None:
+        return None
+    if active() is not None:
+        raise UsageError(
+            "adapt.method: a data-parallel run does not share the adaptation term's own "
+            "parameters (DANN's domain classifier) between ranks yet",
+            hint="run the adaptation without --nproc / torchrun",
+        )
+    examples = _examples(data.target_unlabeled, "data.target_unlabeled")
+    return unlabeled_target(examples, data.target_unlabeled_size, data.seed)
+
+
 def _unlabeled(d: DistillConfig, seed: int) -> Examples | None:
     """The unlabeled transfer set of ``distill.unlabeled``, subsampled to ``unlabeled_size``."""
     if d.unlabeled is None:
@@ -429,6 +462,7 @@ class Prepared:
     threads: int
     channels_last: bool
     trainable: int
+    unlabeled: dict[str, Examples] = dataclasses.field(default_factory=dict)  # labels unread
 
     @property
     def labels(self) -> list[str]:
@@ -449,14 +483,17 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     seed_everything(config.train.seed)
     check_backbone_name(config.backbone.name, config.backbone.source)  # before the data is read
     _check_distill_config(config)
+    check_adapt_config(config)
     splits = load_splits(config.data)
-    unlabeled = _unlabeled(config.distill, config.data.seed)
+    sets = unlabeled_sets(config)
+    unlabeled, target = sets.get("distill.unlabeled"), sets.get("data.target_unlabeled")
     log(
         f"data: train {len(splits.train)}, validation {len(splits.validation)}, "
         f"test {len(splits.test) if splits.test else 0}"
         + "".join(f", {k} {len(v)}" for k, v in splits.extra.items())
         + f"; {len(splits.label_map)} classes"
         + (f"; unlabeled {len(unlabeled)} (distill.unlabeled)" if unlabeled is not None else "")
+        + (f"; target {len(target)} unlabeled (adapt: {config.adapt.method})" if target else "")
     )
     teacher = (
         load_teacher(config.distill.teacher, splits.label_map.names, modality=splits.train.modality)
@@ -474,6 +511,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         groups=backbone.group_names(),
         epochs=config.train.epochs,
     )
+    check_adapt_plan(config, plan)
     trainable = _trainable_in_plan(backbone, plan)
     channels_last = (
         backbone.is_cnn if config.hardware.channels_last is None else config.hardware.channels_last
@@ -494,11 +532,13 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     train_targets = splits.label_map.encode(splits.train.labels, splits.train.origin)
     # Unlabeled transfer examples train with the labeled ones, for the loader only (the splits
     # and the label map stay those of the labeled data); their target says they have no label.
+    # (An adaptation's target rows likewise; the two are never combined.)
     train_set, loader_targets = splits.train, train_targets
-    if unlabeled is not None:
-        train_set = join_examples(splits.train, unlabeled, "distill.unlabeled")
-        no_label = np.full(len(unlabeled), IGNORE_INDEX, dtype=train_targets.dtype)
-        loader_targets = np.concatenate([train_targets, no_label])
+    for extra, where in ((unlabeled, "distill.unlabeled"), (target, "data.target_unlabeled")):
+        if extra is not None:
+            train_set = join_examples(splits.train, extra, where)
+            no_label = np.full(len(extra), IGNORE_INDEX, dtype=train_targets.dtype)
+            loader_targets = np.concatenate([train_targets, no_label])
     train_loader = loaders.loader(
         train_set,
         loader_targets,
@@ -507,6 +547,17 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         by_length=True,
         train=True,
     )
+    if target is not None:  # each batch: source and target examples in the stated ratio
+        lengths = getattr(train_loader.batch_sampler, "lengths", None)
+        mixed = MixedBatches(
+            len(splits.train),
+            len(target),
+            config.train.batch_size,
+            config.adapt.target_fraction,
+            config.train.seed,
+            lengths,
+        )
+        train_loader = with_sampler(train_loader, mixed)
     _check_closure_optimizer(config, backbone, trainable)
     settings = _settings(config, device, precision, loaders.random or teacher is not None)
     steps = steps_per_epoch(len(train_loader), settings)
@@ -514,6 +565,10 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         settings.schedule.check(steps * phase.epochs)
     _initialize(config.init, backbone, train_loader, settings, log)
     objective = _objective(config, model, train_targets)
+    if target is not None:
+        total = steps * plan.epochs
+        objective.adapt = build_adaptation(config, model.head, device, total)
+        objective.constraints.append(objective.adapt)  # its step after every optimizer step
     if teacher is not None:
         objective.distill, train_loader = _distillation(
             config, teacher, train_set, train_loader, loaders, device, log
@@ -535,6 +590,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         threads=threads,
         channels_last=channels_last,
         trainable=trainable,
+        unlabeled=sets,
     )
     prepared.val_loader = prepared.eval_loader(splits.validation)
     return prepared

@@ -103,8 +103,14 @@ class Recorder:
             plan=self.prep.plan.to_dict(),
             config_digest=self.digest,
             data_digest=self.data_digest,
+            extra=self._extra_state(),
         )
         self.last_save = time.monotonic()
+
+    def _extra_state(self) -> dict[str, Any] | None:
+        """State the objective keeps beside the model (DANN's domain classifier)."""
+        adapt = self.prep.objective.adapt
+        return None if adapt is None else {"adapt": adapt.state_dict()}
 
     def _stop(self, state: TrainState) -> None:
         """End the run after a signal, its checkpoint written: raise :class:`Interrupted`."""

@@ -206,7 +206,7 @@ def _fit(
         checkpoint = None
     started = time.perf_counter()
     prep = prepare(config, log)
-    fingerprint = data_fingerprint(prep.splits)
+    fingerprint = data_fingerprint(prep.splits, prep.unlabeled)
     check_same(fingerprint, "data fingerprint")
     digests = (digest, fingerprint)
     if run_dir is not None and main:
@@ -235,6 +235,9 @@ def _fit(
 
     model = prep.backbone.model
     state = resume_state(run_dir, checkpoint, model, log, files=main) if not fresh else TrainState()
+    adapt = prep.objective.adapt
+    if adapt is not None and checkpoint is not None:  # DANN's classifier, the λ schedule
+        adapt.load_state_dict(checkpoint.get("extra", {}).get("adapt", {}), state.step)
     if not fresh and force and main:
         with saving(run_dir, "run record"):
             _write_run_meta(run_dir, config, digests)

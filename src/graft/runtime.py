@@ -277,3 +277,17 @@ def stop_on_signals() -> Iterator[StopRequest]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def end_with_parent(sig: int = signal.SIGTERM) -> None:
+    """On Linux, have this process sent ``sig`` when its parent dies (``PR_SET_PDEATHSIG``): a
+    supervisor killed with SIGKILL would otherwise leave its worker processes orphaned, serving
+    or training on. Elsewhere nothing changes."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), sig)

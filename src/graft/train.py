@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from graft.adapt.term import Adaptation
 from graft.checkpoint import restore_rng_states, rng_untouched
 from graft.distill import Distillation
 from graft.distributed import (
@@ -103,13 +104,15 @@ class Objective:
     ``loss_fn(logits, targets)`` (targets may be class probabilities, after MixUp/CutMix);
     ``penalties``: objects with ``penalty() -> Tensor`` added to the loss (L1, L2-SP);
     ``constraints``: objects with ``apply()`` run after every optimizer step (max-norm, ...);
-    ``distill``: a teacher's soft targets blended with ``loss_fn`` (:mod:`graft.distill`).
+    ``distill``: a teacher's soft targets blended with ``loss_fn`` (:mod:`graft.distill`);
+    ``adapt``: a domain-adaptation term for the unlabeled target rows (:mod:`graft.adapt`).
     """
 
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
     penalties: list[Any] = field(default_factory=list)
     constraints: list[Any] = field(default_factory=list)
     distill: Distillation | None = None
+    adapt: Adaptation | None = None  # unlabeled target rows' term (graft.adapt)
 
     def loss(
         self,
@@ -119,7 +122,16 @@ class Objective:
     ) -> torch.Tensor:
         """The loss of a batch's logits, penalties included; with distillation it needs the
         teacher's logits of the batch (:meth:`batch_loss` finds them)."""
-        if self.distill is None:
+        if self.adapt is not None:
+            # The supervised loss over the labeled (source) rows, plus the target rows' term.
+            labeled = targets >= 0
+            supervised = (
+                self.loss_fn(logits[labeled].float(), targets[labeled])
+                if bool(labeled.any())
+                else logits.sum() * 0.0
+            )
+            loss = supervised + self.adapt.term(logits, targets)
+        elif self.distill is None:
             loss = self.loss_fn(logits.float(), targets)
         elif teacher_logits is None:
             raise ValueError("a distillation objective needs the batch's teacher logits")

@@ -117,7 +117,7 @@ def variant_sets(model: Predictor, names: tuple[str, ...] = ("test",)) -> dict[s
     rebuilt from its config. A changed dataset (another fingerprint than the run's) is refused:
     its numbers would not be comparable."""
     from graft.checkpoint import data_fingerprint
-    from graft.prepare import load_splits
+    from graft.prepare import load_splits, unlabeled_sets
 
     run_dir = run_dir_of_variant(model)
     if run_dir is None:
@@ -127,9 +127,10 @@ def variant_sets(model: Predictor, names: tuple[str, ...] = ("test",)) -> dict[s
             hint="give a run directory (or a folder graft export/quantize/prune wrote), or "
             "name the data (--dataset / --path)",
         )
-    splits = load_splits(load_config(run_dir / CONFIG).data)
+    config = load_config(run_dir / CONFIG)
+    splits = load_splits(config.data)
     recorded = read_run_meta(run_dir).get("data_fingerprint")
-    if recorded is not None and recorded != data_fingerprint(splits):
+    if recorded is not None and recorded != data_fingerprint(splits, unlabeled_sets(config)):
         raise DataError(
             f"{run_dir}: the data its config names changed since the run (another fingerprint)"
         )

@@ -21,7 +21,7 @@ from graft.features.store import shared_store
 from graft.metrics import classification_metrics
 from graft.models import Backbone
 from graft.pipeline import Batch, Loaders, same_batches, to_device
-from graft.prepare import load_splits
+from graft.prepare import load_splits, unlabeled_sets
 from graft.rundir import CONFIG, MODEL_DIR, read_run_meta
 from graft.runtime import Precision, autocast, resolve_precision, select_device
 from graft.train import evaluate
@@ -155,7 +155,7 @@ def eval_sets(run_dir: Path, backbone: Backbone, label_names: list[str]) -> Eval
             f"{run_dir / CONFIG}: its data has the classes {list(splits.label_map.names)}, the "
             f"model {label_names}",
         )
-    fingerprint = data_fingerprint(splits)
+    fingerprint = data_fingerprint(splits, unlabeled_sets(config))
     recorded = read_run_meta(run_dir).get("data_fingerprint")
     if recorded is not None and recorded != fingerprint:
         raise DataError(

@@ -83,8 +83,10 @@ def app_from_environment() -> FastAPI:
     """The app of one worker process of ``graft serve --workers N`` (uvicorn's factory)."""
     import os
 
+    from graft.runtime import end_with_parent
     from graft.serve.settings import SETTINGS_ENV
 
+    end_with_parent()  # a worker drains and ends when its supervisor is killed
     return create_app(ServeSettings.from_json(os.environ[SETTINGS_ENV]))
 
 
