@@ -236,3 +236,27 @@ def test_refused_adaptation_configs(tmp_path: Path, tiny_bert_dir: Path, tweets:
     sized["data"] = {"train": {"dataset": "vader_movies"}, "target_unlabeled_size": 5}
     with pytest.raises(UsageError, match="target_unlabeled_size needs target_unlabeled"):
         validate(sized)
+
+
+def test_a_few_target_labels_train_beside_the_source(
+    tmp_path: Path, tiny_bert_dir: Path, tweets: tuple[list[str], list[str]]
+) -> None:
+    texts, labels = tweets
+    few = _csv(tmp_path / "few.csv", texts[:10], labels[:10])
+    target = _csv(tmp_path / "rest.csv", texts[10:], labels[10:])
+    config = _config(tmp_path, tiny_bert_dir, target, "semi", method="self_training")
+    config["data"]["target_labeled"] = {"path": str(few), "format": "csv"}
+    run = fit(validate(config), quiet=True).run_dir
+    log = (run / "log.txt").read_text()
+    assert "data: train 74," in log and "target 38 unlabeled" in log  # 64 source + 10 target
+    without = _config(tmp_path, tiny_bert_dir, target, "unsupervised", method="self_training")
+    assert _steps(fit(validate(without), quiet=True).run_dir) != _steps(run)
+
+    odd = _csv(tmp_path / "odd.csv", texts[:3], ["positive", "negative", "neutral"])
+    config["data"]["target_labeled"] = {"path": str(odd), "format": "csv"}
+    config["output"]["name"] = "odd"
+    with pytest.raises(
+        DataError, match=r"data\.target_labeled: .*odd\.csv has labels the training"
+    ):
+        fit(validate(config), quiet=True)
+    assert not (tmp_path / "odd").exists()

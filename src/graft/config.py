@@ -102,11 +102,19 @@ class DataConfig(_Strict):
     target_unlabeled_size: int | None = Field(
         None, gt=0, description="subsample data.target_unlabeled (seeded by data.seed)"
     )
+    target_labeled: SourceConfig | None = Field(
+        None, description="a few labeled target examples, trained on beside data.train's"
+    )
+    target_labeled_size: int | None = Field(
+        None, gt=0, description="subsample data.target_labeled (seeded by data.seed)"
+    )
 
     @model_validator(mode="after")
     def _target_size_needs_target(self) -> DataConfig:
         if self.target_unlabeled is None and self.target_unlabeled_size is not None:
             raise ValueError("target_unlabeled_size needs target_unlabeled")
+        if self.target_labeled is None and self.target_labeled_size is not None:
+            raise ValueError("target_labeled_size needs target_labeled")
         return self
 
 
@@ -551,6 +559,8 @@ LATER_SETTINGS: dict[tuple[str, str | None], Any] = {
     ("adapt", None): AdaptConfig().model_dump(mode="json"),
     ("data", "target_unlabeled"): None,
     ("data", "target_unlabeled_size"): None,
+    ("data", "target_labeled"): None,
+    ("data", "target_labeled_size"): None,
 }
 
 

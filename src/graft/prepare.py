@@ -22,18 +22,15 @@ from graft.adapt.setup import (
     build_adaptation,
     check_adapt_config,
     check_adapt_plan,
-    unlabeled_target,
 )
 from graft.augment import build_augment, build_batch_mix
 from graft.config import (
     DataConfig,
-    DistillConfig,
     InitConfig,
     RunConfig,
-    SourceConfig,
 )
 from graft.console import RunLog
-from graft.data import Splits, get_dataset, load_examples, make_splits
+from graft.data import Splits
 from graft.data.types import Examples
 from graft.distill import (
     IGNORE_INDEX,
@@ -53,6 +50,8 @@ from graft.models.base import set_dropout
 from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.phases import apply_phase
 from graft.pipeline import Loaders, with_sampler
+from graft.run_data import load_splits as load_splits  # re-exported: commands use it here
+from graft.run_data import unlabeled_sets
 from graft.runtime import (
     Precision,
     keep_freed_memory,
@@ -63,44 +62,6 @@ from graft.runtime import (
 from graft.strategies import build_plan
 from graft.strategies.plan import Plan
 from graft.train import LoopSettings, Objective, steps_per_epoch
-
-
-def _examples(source: SourceConfig, field: str) -> Examples:
-    try:
-        return load_examples(**source.model_dump())
-    except UsageError as e:  # an unknown dataset name, ...: say which config field holds it
-        raise UsageError(f"{field}: {e.message}", hint=e.hint) from None
-
-
-def load_splits(data: DataConfig) -> Splits:
-    """Read every set the config names and split/subsample them (seeded, stratified)."""
-    train = _examples(data.train, "data.train")
-    validation = _examples(data.validation, "data.validation") if data.validation else None
-    test = _examples(data.test, "data.test") if data.test else None
-    label_order = None
-    if data.train.dataset is not None:
-        info = get_dataset(data.train.dataset)
-        label_order = info.label_order
-        # A named set's own test split is used when the config names none.
-        if test is None and "test" in info.splits and data.train.split in (None, "train"):
-            test = load_examples(dataset=data.train.dataset, split="test")
-    extra = {
-        name: _examples(src, f"data.extra_eval.{name}") for name, src in data.extra_eval.items()
-    }
-    return make_splits(
-        train,
-        validation,
-        test,
-        extra,
-        val_fraction=data.val_fraction,
-        test_fraction=data.test_fraction,
-        train_size=data.train_size,
-        val_size=data.val_size,
-        test_size=data.test_size,
-        extra_size=data.extra_size,
-        seed=data.seed,
-        label_order=label_order,
-    )
 
 
 def configured_backbone(
@@ -374,43 +335,6 @@ def _check_distill_config(config: RunConfig) -> None:
             "the labels of two examples, and an unlabeled example has none",
             hint="turn MixUp/CutMix off, or distil without unlabeled data",
         )
-
-
-def unlabeled_sets(config: RunConfig) -> dict[str, Examples]:
-    """The sets of a run whose labels it never reads, by config field: ``distill.unlabeled``
-    and ``data.target_unlabeled`` (when its adaptation is on). Part of the data fingerprint."""
-    found = {
-        "distill.unlabeled": _unlabeled(config.distill, config.data.seed),
-        "data.target_unlabeled": _target(config),
-    }
-    return {k: v for k, v in found.items() if v is not None}
-
-
-def _target(config: RunConfig) -> Examples | None:
-    """The unlabeled target set of an adaptation (``data.target_unlabeled``), labels blanked."""
-    data = config.data
-    if config.adapt.method == "none" or data.target_unlabeled is None:
-        return None
-    if active() is not None:
-        raise UsageError(
-            "adapt.method: a data-parallel run does not share the adaptation term's own "
-            "parameters (DANN's domain classifier) between ranks yet",
-            hint="run the adaptation without --nproc / torchrun",
-        )
-    examples = _examples(data.target_unlabeled, "data.target_unlabeled")
-    return unlabeled_target(examples, data.target_unlabeled_size, data.seed)
-
-
-def _unlabeled(d: DistillConfig, seed: int) -> Examples | None:
-    """The unlabeled transfer set of ``distill.unlabeled``, subsampled to ``unlabeled_size``."""
-    if d.unlabeled is None:
-        return None
-    examples = _examples(d.unlabeled, "distill.unlabeled")
-    if d.unlabeled_size is not None and d.unlabeled_size < len(examples):
-        # A plain seeded subset: labels it may have mean nothing here, so nothing to stratify.
-        rng = np.random.default_rng(seed)
-        examples = examples.subset(np.sort(rng.choice(len(examples), d.unlabeled_size, False)))
-    return examples
 
 
 def _distillation(

@@ -117,7 +117,7 @@ def variant_sets(model: Predictor, names: tuple[str, ...] = ("test",)) -> dict[s
     rebuilt from its config. A changed dataset (another fingerprint than the run's) is refused:
     its numbers would not be comparable."""
     from graft.checkpoint import data_fingerprint
-    from graft.prepare import load_splits, unlabeled_sets
+    from graft.run_data import load_splits, unlabeled_sets
 
     run_dir = run_dir_of_variant(model)
     if run_dir is None:

@@ -21,7 +21,7 @@ from graft.features.store import shared_store
 from graft.metrics import classification_metrics
 from graft.models import Backbone
 from graft.pipeline import Batch, Loaders, same_batches, to_device
-from graft.prepare import load_splits, unlabeled_sets
+from graft.run_data import load_splits, unlabeled_sets
 from graft.rundir import CONFIG, MODEL_DIR, read_run_meta
 from graft.runtime import Precision, autocast, resolve_precision, select_device
 from graft.train import evaluate
