@@ -171,15 +171,6 @@ def from_main(make: Callable[[], T]) -> T:
     return value  # type: ignore[no-any-return]
 
 
-def broadcast(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank (a checkpoint, a path)."""
-    if _active is None:
-        return value
-    box = [value if _active.main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def sum_over_ranks(values: list[float]) -> list[float]:
     """Element-wise sums over ranks (float64 on the CPU: exact for counts)."""
     if _active is None:
