@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ from graft.adapt.objectives import (
     pseudo_label_loss,
     reverse_gradient,
 )
+from graft.cli import main
+from graft.compare import run_compare
+from graft.compare.spec import parse_spec
 from graft.config import validate
 from graft.data import load_examples
 from graft.errors import DataError, UsageError
@@ -260,3 +264,66 @@ def test_a_few_target_labels_train_beside_the_source(
     ):
         fit(validate(config), quiet=True)
     assert not (tmp_path / "odd").exists()
+
+
+def test_report_shows_the_gap_each_method_closes(
+    tmp_path: Path,
+    tiny_bert_dir: Path,
+    tweets: tuple[list[str], list[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A compare of source-only against MCC (one seed) and an oracle trained on the target's
+    labels: `graft report --oracle --baseline` puts the gap closed beside them; the leaderboard
+    accepts the adapted run beside the source-only one (same labeled data)."""
+    texts, labels = tweets
+    pool = _csv(tmp_path / "pool.csv", texts[:32], labels[:32])
+    held_out = {"path": str(_csv(tmp_path / "test.csv", texts[32:], labels[32:])), "format": "csv"}
+    base = _config(tmp_path, tiny_bert_dir, pool, "unused")
+    base["data"]["extra_eval"] = {"tweets": held_out}
+    spec = parse_spec(
+        {
+            "name": "adapt",
+            "strategies": [
+                {"name": "full", "label": "source_only"},
+                {"name": "full", "label": "mcc"},
+            ],
+            "seeds": 1,
+            "overrides": {"mcc": {"adapt.method": "mcc"}},
+        }
+    )
+    run_compare(base, spec, isolate=False, quiet=True)
+    oracle = _config(tmp_path, tiny_bert_dir, pool, "oracle")
+    oracle["data"].update(train={"path": str(pool), "format": "csv"}, train_size=None)
+    oracle["data"].update(val_size=4, test_size=4, extra_eval={"tweets": held_out})
+    del oracle["data"]["target_unlabeled"]
+    oracle_dir = fit(validate(oracle), quiet=True).run_dir
+    compare_dir = tmp_path / "compare-adapt"
+    scores = {
+        label: json.loads((compare_dir / f"{label}-seed0" / "results.json").read_text())
+        for label in ("source_only", "mcc")
+    }
+    oracle_score = json.loads((oracle_dir / "results.json").read_text())
+    base_acc, mcc_acc = (scores[k]["extra"]["tweets"]["accuracy"] for k in ("source_only", "mcc"))
+    oracle_acc = oracle_score["extra"]["tweets"]["accuracy"]
+
+    out = tmp_path / "gap.html"
+    argv = ["report", str(compare_dir), "-o", str(out)]
+    assert main([*argv, "--oracle", str(oracle_dir), "--baseline", "source_only"]) == 0
+    text = out.read_text()
+    row = re.search(r"mcc</span></td>.*?</tr>", text[text.index('id="gap"') :], re.S)
+    assert row is not None
+    expected = (mcc_acc - base_acc) / (oracle_acc - base_acc) if oracle_acc > base_acc else None
+    shown = f"{expected:+.2f}" if expected is not None else "–"
+    assert f">{shown}<" in row.group(0), (base_acc, mcc_acc, oracle_acc)
+    assert f">{100 * mcc_acc:.2f}<" in row.group(0)
+    oracle_row = re.search(r"<td>oracle</td>.*?</tr>", text, re.S)
+    assert oracle_row is not None and f">{100 * oracle_acc:.2f}<" in oracle_row.group(0)
+
+    capsys.readouterr()
+    assert main([*argv, "--oracle", str(oracle_dir)]) == 2  # no baseline
+    assert "--oracle and --baseline go together" in capsys.readouterr().err
+    assert main([*argv, "--oracle", str(oracle_dir), "--baseline", "dann"]) == 2
+    assert "no strategy is labelled 'dann'" in capsys.readouterr().err
+    # Without the oracle the data must match: the oracle's training set differs.
+    assert main(["report", str(compare_dir), str(oracle_dir), "-o", str(out)]) == 2
+    assert "differ in data" in capsys.readouterr().err

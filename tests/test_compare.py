@@ -31,6 +31,7 @@ from graft.compare.stats import (
     RunRecord,
     compare_to_best,
     describe,
+    gap_closed,
     significance_note,
     summarize,
 )
@@ -254,6 +255,29 @@ def test_summarize_orders_and_marks() -> None:
     single = summarize([_record("a", 0, 0.9), _record("b", 0, 0.8)])
     assert single[1].tied_with_best is None
     assert "cannot be judged" in significance_note(single)
+
+
+def test_gap_closed_is_the_share_of_the_baseline_to_oracle_distance() -> None:
+    rows = summarize(
+        [_record("source", s, 0.8, x) for s, x in enumerate([0.50, 0.60, 0.55])]
+        + [_record("mcc", s, 0.8, x) for s, x in enumerate([0.70, 0.72, 0.74])]
+        + [_record("worse", s, 0.8, 0.45) for s in range(3)]
+        + [_record("plain", s, 0.8) for s in range(3)]  # no target score
+    )
+    oracle = [_record("oracle", s, 0.9, x) for s, x in enumerate([0.90, 0.95])]
+    gap = gap_closed(rows, oracle, "source")
+    assert gap.sets == ["shifted"] and gap.oracle["shifted"].mean == pytest.approx(0.925)
+    # Means 0.55 (baseline), 0.72, 0.45 against 0.925: worked out by hand.
+    assert gap.closed["mcc"]["shifted"] == pytest.approx(0.17 / 0.375)
+    assert gap.closed["worse"]["shifted"] == pytest.approx(-0.10 / 0.375)
+    assert gap.closed["source"]["shifted"] == 0.0
+    assert math.isnan(gap.closed["plain"]["shifted"])
+    no_gap = [_record("oracle", 0, 0.9, 0.5)]  # no better than the baseline: nothing to close
+    assert math.isnan(gap_closed(rows, no_gap, "source").closed["mcc"]["shifted"])
+    with pytest.raises(ValueError, match="no strategy is labelled 'sauce'"):
+        gap_closed(rows, oracle, "sauce")
+    with pytest.raises(ValueError, match="share no extra evaluation set"):
+        gap_closed(rows, [_record("oracle", 0, 0.9)], "source")
 
 
 # --------------------------------------------------------------------------- real compares

@@ -329,6 +329,9 @@ def _finish(
         date=time.strftime("%Y-%m-%d %H:%M"),
         config_hash=digests[0],
         data_fingerprint=digests[1],
+        # Without the unlabeled sets: what a report compares (a source-only run beside runs
+        # adapted to an unlabeled target learned from the same labeled examples).
+        labeled_fingerprint=data_fingerprint(prep.splits) if prep.unlabeled else digests[1],
     )
     model.to("cpu").to(memory_format=torch.contiguous_format)
     with saving(run_dir / MODEL_DIR, "model"):

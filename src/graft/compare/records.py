@@ -65,15 +65,22 @@ def _labels(results: dict[str, object]) -> tuple[str, ...] | None:
     return tuple(str(x) for x in labels) if isinstance(labels, list) else None
 
 
-def check_comparable(records: Sequence[RunRecord]) -> None:
+def check_comparable(records: Sequence[RunRecord], same_data: bool = True) -> None:
     """Refuse to put runs side by side that answer different questions: another backbone,
     other data (the data fingerprint covers every example and label, after splitting) or other
-    classes. Runs of old versions without a field are not judged on it."""
+    classes. The data compared are the labeled examples (runs adapted to unlabeled target
+    examples stand beside their source-only run); runs of old versions without a field are
+    judged on what they have. ``same_data=False``
+    lets the training data differ (an oracle trained on the target's labels beside
+    source-trained runs)."""
+    labeled = all("labeled_fingerprint" in r.results for r in records)
     facts = {
         "backbone": lambda r: r.results.get("backbone"),
-        "data": lambda r: r.results.get("data_fingerprint"),
+        "data": lambda r: r.results.get("labeled_fingerprint" if labeled else "data_fingerprint"),
         "classes": lambda r: _labels(r.results),
     }
+    if not same_data:
+        del facts["data"]
     for what, fact in facts.items():
         first: dict[object, Path] = {}  # each value seen, and the first run that has it
         for record in records:

@@ -256,3 +256,59 @@ def significance_note(rows: Sequence[StrategySummary]) -> str:
         "seeds share the data splits). No correction for multiple comparisons. "
         "Intervals: 95% Student t over seeds."
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Transfer: the share of the source-only → oracle gap a method closes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gap:
+    """How much of the gap between a baseline (source-only) and an oracle (trained with the
+    target's labels) each strategy closes, on each evaluation set both scored.
+
+    ``closed[label][set]`` is ``(mean − baseline mean) / (oracle mean − baseline mean)`` of
+    the accuracies over seeds: 0 is the baseline, 1 the oracle, a negative share a method that
+    made the target worse. NaN when the oracle is no better than the baseline (no gap to close).
+    """
+
+    baseline: str
+    sets: list[str]
+    oracle: dict[str, Stat]
+    closed: dict[str, dict[str, float]]
+
+
+def gap_closed(
+    rows: Sequence[StrategySummary], oracle_runs: Sequence[RunRecord], baseline: str
+) -> Gap:
+    """The :class:`Gap` of ``rows`` against ``oracle_runs`` (any number of seeds), measured
+    on the extra evaluation sets that the rows and the oracle share (the target's test set).
+
+    Raises:
+        ValueError: ``baseline`` is not a row's label, or no extra set is shared.
+    """
+    by_label = {row.label: row for row in rows}
+    if baseline not in by_label:
+        raise ValueError(f"no strategy is labelled {baseline!r} (labels: {', '.join(by_label)})")
+    sets = [name for name in extra_names(oracle_runs) if name in by_label[baseline].extra]
+    if not sets:
+        raise ValueError(
+            "the oracle runs and the baseline share no extra evaluation set to measure a gap on"
+        )
+    oracle = {
+        name: describe(
+            [v for r in oracle_runs if (v := r.score("accuracy", name)) is not None],
+            bounds=(0.0, 1.0),
+        )
+        for name in sets
+    }
+    closed: dict[str, dict[str, float]] = {}
+    for row in rows:
+        closed[row.label] = {}
+        for name in sets:
+            base = by_label[baseline].extra[name].mean
+            span = oracle[name].mean - base
+            mean = row.extra[name].mean if name in row.extra else math.nan
+            closed[row.label][name] = (mean - base) / span if span > 0 else math.nan
+    return Gap(baseline, sets, oracle, closed)

@@ -26,18 +26,20 @@ from typing import Any
 import yaml
 
 from graft.atomic import atomic_write_text, check_writable_dir, saving, writable_target
-from graft.compare.records import collect_runs
+from graft.compare.records import check_comparable, collect_runs
 from graft.compare.spec import MANIFEST, read_manifest
 from graft.compare.stats import (
+    Gap,
     RunRecord,
     Stat,
     StrategySummary,
     evaluated_split,
     extra_names,
+    gap_closed,
     significance_note,
     summarize,
 )
-from graft.errors import DataError
+from graft.errors import DataError, UsageError
 from graft.reports.compare_figures import (
     accuracy_figure,
     colors,
@@ -225,6 +227,45 @@ def _cards(rows: Sequence[StrategySummary], split: str) -> str:
     )
 
 
+def gap_html(gap: Gap, rows: Sequence[StrategySummary], palette: dict[str, str]) -> str:
+    """The share of the baseline → oracle gap each strategy closes (``id="gap"``)."""
+    headers = ["strategy"]
+    for name in gap.sets:
+        headers += [f"{name} acc. %", f"{name}: gap closed"]
+    body: list[list[Any]] = []
+    for row in sorted(rows, key=lambda r: -_first(gap.closed[r.label], gap.sets)):
+        swatch = f'<span class="swatch" style="background:{palette[row.label]}"></span>'
+        name = f'<span class="nowrap">{swatch}{html.escape(row.label)}</span>'
+        if row.label == gap.baseline:
+            name += ' <span class="ci">(baseline)</span>'
+        cells: list[Any] = [Markup(name)]
+        for s in gap.sets:
+            share = gap.closed[row.label][s]
+            cells += [
+                _pm(row.extra[s]) if s in row.extra else "–",
+                "–" if math.isnan(share) else f"{share:+.2f}",
+            ]
+        body.append(cells)
+    oracle: list[Any] = ["oracle"]
+    for s in gap.sets:
+        oracle += [_pm(gap.oracle[s]), "1"]
+    body.append(oracle)
+    numeric = range(1, len(headers))
+    table = html_table(headers, body, numeric=numeric, table_id="gap")
+    return (
+        f'<div class="table-wrap">{table}</div><p class="note">Gap closed: (strategy − '
+        f"{html.escape(gap.baseline)}) / (oracle − {html.escape(gap.baseline)}) of the mean "
+        "accuracies over seeds: 0 is the baseline, 1 the oracle (trained with the target's "
+        "labels), below 0 worse than the baseline. Only the target's scores are compared: the "
+        "oracle trained on other data, so it is not a row of the leaderboard.</p>"
+    )
+
+
+def _first(closed: dict[str, float], sets: Sequence[str]) -> float:
+    value = closed[sets[0]]
+    return -math.inf if math.isnan(value) else value
+
+
 def _runs_table(
     records: Sequence[RunRecord], split: str, extras: Sequence[str], report_path: Path
 ) -> str:
@@ -389,9 +430,11 @@ def render_compare_report(
     report_path: Path = Path("report.html"),
     notes: Sequence[str] = (),
     spec_text: str | None = None,
+    gap: Gap | None = None,
 ) -> str:
     """The HTML text of the comparison report of ``records`` (see module docstring);
-    ``spec_text`` is the compare spec as YAML, shown with the configs."""
+    ``spec_text`` is the compare spec as YAML, shown with the configs; ``gap`` adds the share
+    of a source-only → oracle gap each strategy closes."""
     if not records:
         raise DataError("no finished run to report on")
     rows = summarize(records)
@@ -410,6 +453,8 @@ def render_compare_report(
         alt=f"{split} accuracy per strategy with 95% intervals",
     )
     sections.append(("Leaderboard", board))
+    if gap is not None:
+        sections.append(("Gap closed on the target", gap_html(gap, rows, palette)))
 
     if any(r.history for r in records):
         curves = figure_to_img_tag(
@@ -486,11 +531,12 @@ def write_compare_report(
     title: str = "graft compare",
     notes: Sequence[str] = (),
     spec_text: str | None = None,
+    gap: Gap | None = None,
 ) -> Path:
     """Write the comparison report of ``records`` to ``path``; returns the path."""
     target = Path(path)
     text = render_compare_report(
-        records, title=title, report_path=target, notes=notes, spec_text=spec_text
+        records, title=title, report_path=target, notes=notes, spec_text=spec_text, gap=gap
     )
     with saving(target, "report"):
         atomic_write_text(target, text)
@@ -498,13 +544,36 @@ def write_compare_report(
 
 
 def report_from_dirs(
-    paths: Sequence[str | Path], output: str | Path = "report.html", title: str | None = None
+    paths: Sequence[str | Path],
+    output: str | Path = "report.html",
+    title: str | None = None,
+    *,
+    oracle: Sequence[str | Path] = (),
+    baseline: str | None = None,
 ) -> Path:
-    """``graft report RUN_DIR...``: the comparison report of existing runs or compares."""
+    """``graft report RUN_DIR...``: the comparison report of existing runs or compares.
+
+    ``oracle`` (run or compare directories trained with the target's labels) and ``baseline``
+    (the label of the source-only strategy) add the share of the gap each strategy closes on
+    the extra evaluation sets they share."""
     output = Path(output)
     writable_target(output)  # a folder, FIFO or device at the path is refused before any work
     check_writable_dir(output.parent, "--output")
+    if bool(oracle) != (baseline is not None):
+        raise UsageError(
+            "--oracle and --baseline go together: the gap runs from the baseline to the oracle",
+            hint="graft report ADAPT_DIR --oracle ORACLE_DIR --baseline source_only",
+        )
     records, notes = collect_runs(paths)
+    gap = None
+    if baseline is not None:
+        oracle_runs, oracle_notes = collect_runs(oracle)
+        notes += [f"oracle: {n}" for n in oracle_notes]
+        check_comparable([*records, *oracle_runs], same_data=False)
+        try:
+            gap = gap_closed(summarize(records), oracle_runs, baseline)
+        except ValueError as e:
+            raise UsageError(f"--baseline / --oracle: {e}") from None
     spec_text = None
     if len(paths) == 1 and (Path(paths[0]) / MANIFEST).is_file():
         spec = read_manifest(Path(paths[0])).get("spec")
@@ -515,4 +584,6 @@ def report_from_dirs(
             if len(paths) == 1
             else ("graft compare")
         )
-    return write_compare_report(records, output, title=title, notes=notes, spec_text=spec_text)
+    return write_compare_report(
+        records, output, title=title, notes=notes, spec_text=spec_text, gap=gap
+    )
