@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from graft.atomic import atomic_write, atomic_write_text
+from graft.data.targets import Standardizer
 from graft.data.types import Examples, LabelMap
 from graft.errors import DataError, GraftError, UsageError
 from graft.models import Backbone, rebuild
@@ -25,6 +26,7 @@ from graft.models.hf_backbone import save_tokenizer
 from graft.models.shapes import apply_shapes
 from graft.runtime import Precision
 from graft.safe_load import require_finite, weights_mismatch, weights_only_loading
+from graft.tasks import Classification, Regression, Task
 
 WEIGHTS = "model.safetensors"
 META = "graft_model.json"
@@ -39,10 +41,13 @@ def save_model(
     plan: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    scale: Standardizer | None = None,
 ) -> None:
     """Write the model folder; the JSON is written last, so a folder with a JSON is complete.
     ``provenance``: the run's ``config_hash`` and ``data_fingerprint`` (and, for a merged
-    model, how it was made: its α curve, its soup's ingredients), stored in the JSON."""
+    model, how it was made: its α curve, its soup's ingredients), stored in the JSON.
+    ``scale``: a regression's target standardisation (its predictions are turned back into
+    the targets' units with it)."""
     from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,6 +63,7 @@ def save_model(
         "plan": plan,
         "metrics": metrics or {},
         **({"shapes": backbone.shapes} if backbone.shapes else {}),
+        **({"task": "regression", "target": scale.to_dict()} if scale is not None else {}),
         **(provenance or {}),
     }
     atomic_write_text(folder / META, json.dumps(meta, indent=1))
@@ -98,6 +104,13 @@ class Predictor(ABC):
         precision: Precision = "fp32",
     ) -> torch.Tensor:
         """The logits of ``examples``, in their order (float32, on the CPU)."""
+
+    @property
+    def task(self) -> Task:
+        """What the outputs mean: classes, or a regression's standardised value."""
+        if self.meta.get("task") == "regression":
+            return Regression(self.label_map, Standardizer.from_dict(self.meta["target"]))
+        return Classification(self.label_map)
 
     def loader(self, examples: Examples, batch_size: int) -> Any:
         """Batches of ``examples`` from graft's pipeline with this model's preprocessing; texts
@@ -152,26 +165,30 @@ class Predictor(ABC):
         return Examples("image", [Path(x) for x in items], ["?"] * len(items), "inputs")
 
     def evaluate(self, examples: Examples, batch_size: int = 64) -> dict[str, Any]:
-        """Classification metrics on labeled examples (labels must be among the model's)."""
-        from graft.metrics import classification_metrics
-
+        """The task's metrics on labeled examples (labels must be among the model's classes;
+        a regression's must be numbers)."""
         if not isinstance(examples, Examples):
             raise UsageError(
                 f"evaluate takes labeled Examples, not {type(examples).__name__}",
                 hint="e.g. graft.data.load_examples(path=...)",
             )
         examples = self.examples(examples)  # of this model's kind
-        targets = self.label_map.encode(examples.labels, examples.origin)
+        task = self.task
+        targets = task.targets(examples)
         logits = self.logits(examples, batch_size)
-        loss = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets)))
-        preds = logits.argmax(1).numpy()
-        return classification_metrics(targets, preds, list(self.label_map.names), loss=loss)
+        loss = task.eval_loss(logits, torch.from_numpy(targets))
+        return task.metrics(logits, targets, loss)
 
     def predict(
         self, examples: Examples | Sequence[str | Path], precision: Precision = "fp32"
     ) -> list[dict[str, Any]]:
         """Per input (texts or image paths, or :class:`Examples`): the predicted label, its
-        probability, and all class probabilities; computed under ``precision``."""
+        probability, and all class probabilities; computed under ``precision``. A regression
+        model's: ``{"value": number}`` in the targets' units."""
+        task = self.task
+        if isinstance(task, Regression):
+            outputs = self.logits(self.examples(examples), precision=precision)
+            return [{"value": float(v)} for v in task.predict(outputs)]
         probs = self.logits(self.examples(examples), precision=precision).softmax(1).numpy()
         best = probs.argmax(1)
         return [
@@ -236,6 +253,16 @@ def load_model(folder: str | Path) -> LoadedModel:
     Every ``torch.load`` on the way is weights-only (see :mod:`graft.safe_load`)."""
     with weights_only_loading():
         return _load_model(Path(folder))
+
+
+def require_classifier(model: Predictor, command: str) -> None:
+    """Refuse a regression model where only classifiers are handled yet (say which command)."""
+    if model.task.kind != "classification":
+        raise UsageError(
+            f"{model.folder}: a {model.task.kind} model; {command} handles classifiers only "
+            "(not yet regression)",
+            hint="graft eval and graft predict take regression models",
+        )
 
 
 def not_a_model_folder(folder: Path) -> DataError:

@@ -25,6 +25,25 @@ from graft.errors import UsageError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LOSSES = ("cross_entropy", "focal")
+REGRESSION_LOSSES = ("mse", "huber", "l1")
+
+
+@dataclass
+class RegressionLoss:
+    """A regression loss on standardised targets: the head's one output against ``targets``
+    (float, shape (N,)), mean over the batch. ``mse``; ``huber`` (quadratic within ``delta``,
+    linear beyond: robust to outlying targets); ``l1`` (the mean absolute error)."""
+
+    name: str = "mse"
+    delta: float = 1.0
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        predicted = outputs.float().reshape(-1)
+        if self.name == "mse":
+            return F.mse_loss(predicted, targets.float())
+        if self.name == "huber":
+            return F.huber_loss(predicted, targets.float(), delta=self.delta)
+        return F.l1_loss(predicted, targets.float())
 
 
 @dataclass

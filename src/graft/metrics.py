@@ -1,8 +1,9 @@
-"""Classification metrics, computed with plain numpy so they are cheap enough to run every epoch.
+"""Classification and regression metrics, computed with numpy so they are cheap enough to run
+every epoch.
 
-:func:`classification_metrics` returns a JSON-ready dict (only ``int``, ``float``, ``str``,
-``None``, lists and dicts) that is written as is into ``results.json`` and read back by
-:mod:`graft.report`.
+:func:`classification_metrics` and :func:`regression_metrics` return a JSON-ready dict (only
+``int``, ``float``, ``str``, ``None``, lists and dicts) that is written as is into
+``results.json`` and read back by :mod:`graft.report`.
 """
 
 from __future__ import annotations
@@ -117,8 +118,60 @@ def classification_metrics(
     }
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank (what Spearman's ρ needs)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    start = 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or sorted_values[end] != sorted_values[start]:
+            ranks[order[start:end]] = (start + 1 + end) / 2  # mean of ranks start+1 … end
+            start = end
+    return ranks
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    da, db = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt((da * da).sum() * (db * db).sum()))
+    return float((da * db).sum() / denominator) if denominator > 0 else 0.0
+
+
+def regression_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, *, loss: float | None = None
+) -> dict[str, Any]:
+    """MAE, RMSE, R² and Spearman's ρ of predictions ``y_pred`` against ``y_true`` (1-D, the
+    targets' own units).
+
+    R² = 1 − Σ(y − ŷ)² / Σ(y − ȳ)² (0 for predicting the mean, negative when worse; 0 when the
+    targets do not vary); ρ is the Pearson correlation of the ranks, ties at their mean rank
+    (as ``scipy.stats.spearmanr``; 0 when either side is constant).
+
+    Returns a JSON-ready dict with ``n``, ``mae``, ``rmse``, ``r2``, ``spearman``, ``loss``.
+    """
+    true = np.asarray(y_true, dtype=np.float64)
+    pred = np.asarray(y_pred, dtype=np.float64)
+    if true.ndim != 1 or true.shape != pred.shape:
+        raise ValueError(f"y_true {true.shape} and y_pred {pred.shape} must be 1-D and alike")
+    n = int(true.size)
+    if n == 0:
+        nan = float("nan")
+        return {"n": 0, "mae": nan, "rmse": nan, "r2": nan, "spearman": nan, "loss": loss}
+    error = pred - true
+    total = float(((true - true.mean()) ** 2).sum())
+    return {
+        "n": n,
+        "mae": float(np.abs(error).mean()),
+        "rmse": float(np.sqrt((error * error).mean())),
+        "r2": 1.0 - float((error * error).sum()) / total if total > 0 else 0.0,
+        "spearman": _pearson(_ranks(true), _ranks(pred)),
+        "loss": None if loss is None else float(loss),
+    }
+
+
 def summary_line(metrics: dict[str, Any]) -> str:
-    """One line for logs, e.g. ``"acc 0.912  macro-F1 0.908  (n=1000)"``.
+    """One line for logs, e.g. ``"acc 0.912  macro-F1 0.908  (n=1000)"`` (a regression's:
+    ``"rmse 0.82  mae 0.61  R² 0.55  ρ 0.74  (n=1000)"``).
 
     The loss comes first (``"loss 0.3120  acc ..."``) when the metrics carry one.
     """
@@ -126,7 +179,17 @@ def summary_line(metrics: dict[str, Any]) -> str:
     loss = metrics.get("loss")
     if loss is not None:
         parts.append(f"loss {float(loss):.4f}")
-    parts.append(f"acc {float(metrics['accuracy']):.3f}")
-    parts.append(f"macro-F1 {float(metrics['macro_f1']):.3f}")
+    if "rmse" in metrics:
+        parts.append(f"rmse {float(metrics['rmse']):.3f}")
+        parts.append(f"mae {float(metrics['mae']):.3f}")
+        parts.append(f"R² {float(metrics['r2']):.3f}")
+        parts.append(f"ρ {float(metrics['spearman']):.3f}")
+    else:
+        parts.append(f"acc {float(metrics['accuracy']):.3f}")
+        parts.append(f"macro-F1 {float(metrics['macro_f1']):.3f}")
     parts.append(f"(n={int(metrics['n'])})")
     return "  ".join(parts)
+
+
+#: Selection metrics where lower is better.
+LOWER_IS_BETTER = frozenset({"loss", "rmse", "mae"})

@@ -34,6 +34,14 @@ from graft.models.base import ImagePreprocess, TextPreprocess
 Batch = dict[str, Any]
 
 
+def target_dtype(dataset: Any) -> torch.dtype:
+    """The torch dtype of a dataset's targets: int64 class indexes, or a regression's floats."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None or not np.issubdtype(targets.dtype, np.floating):
+        return torch.long
+    return torch.from_numpy(targets[:0]).dtype
+
+
 def _digest(targets: np.ndarray | None) -> Any:
     """A hash object started with a dataset's targets (or their absence)."""
     h = hashlib.blake2b(digest_size=16)

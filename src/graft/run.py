@@ -38,7 +38,7 @@ from graft.distributed import (
 )
 from graft.errors import DataError, TrainingDiverged, UsageError
 from graft.features.body import compute_features, head_only
-from graft.metrics import classification_metrics, summary_line
+from graft.metrics import summary_line
 from graft.pipeline import same_batches
 from graft.prepare import Prepared, prepare
 from graft.recorder import Recorder
@@ -73,6 +73,7 @@ from graft.runtime import (
     stop_on_signals,
 )
 from graft.safe_load import weights_only_loading
+from graft.tasks import Regression
 from graft.train import TrainState, evaluate, train
 
 
@@ -90,7 +91,7 @@ class FitResult:
     @property
     def test_accuracy(self) -> float | None:
         test = self.results.get("test")
-        return None if test is None else float(test["accuracy"])
+        return None if test is None or "accuracy" not in test else float(test["accuracy"])
 
 
 def _write_run_meta(run_dir: Path, config: RunConfig, digests: tuple[str, str]) -> None:
@@ -315,6 +316,7 @@ def _finish(
         return FitResult(run_dir, results)
     results.update(
         run=run_dir.name,
+        task=config.task,
         backbone=config.backbone.name,
         strategy=prep.plan.strategy,
         plan=prep.plan.to_dict(),
@@ -342,6 +344,7 @@ def _finish(
             plan=prep.plan.to_dict(),
             metrics={k: results[k] for k in ("validation", "test", "extra")},
             provenance={"config_hash": digests[0], "data_fingerprint": digests[1]},
+            scale=prep.task.scale if isinstance(prep.task, Regression) else None,
         )
     # results.json is the commit point: from here on, what is left (clean-up, report) is
     # redone by --resume if the process dies.
@@ -390,12 +393,10 @@ def _final_results(prep: Prepared) -> dict[str, Any]:
         if frozen_body:
             features = compute_features(model, loader, prep.device, settings.precision, store)
             head_loader = same_batches(features, loader)
-            out = evaluate(model.head, head_loader, prep.device, settings.precision)
+            out = evaluate(model.head, head_loader, prep.device, settings.precision, prep.task)
         else:
-            out = evaluate(model, loader, prep.device, settings.precision)
-        return classification_metrics(
-            out["targets"], out["logits"].argmax(1).numpy(), prep.labels, loss=out["loss"]
-        )
+            out = evaluate(model, loader, prep.device, settings.precision, prep.task)
+        return prep.task.metrics(out["logits"], out["targets"], out["loss"])
 
     return {
         "validation": measure(splits.validation),

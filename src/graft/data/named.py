@@ -34,6 +34,7 @@ class DatasetInfo:
     label_order: tuple[str, ...]
     description: str
     loader: Loader = field(repr=False, compare=False)
+    task: str = "classification"  # regression: the labels are numbers
 
     @property
     def default_split(self) -> str:
@@ -63,6 +64,7 @@ def register_dataset(
     splits: Sequence[str],
     description: str,
     label_order: Sequence[str] = (),
+    task: str = "classification",
 ) -> Callable[[Loader], Loader]:
     """Decorator registering ``fn(split) -> Examples`` as the named dataset ``name``.
 
@@ -76,7 +78,7 @@ def register_dataset(
         if not splits:
             raise ValueError(f"dataset {name!r} must declare at least one split")
         _REGISTRY[name] = DatasetInfo(
-            name, modality, tuple(splits), tuple(label_order), description, fn
+            name, modality, tuple(splits), tuple(label_order), description, fn, task
         )
         return fn
 
@@ -207,10 +209,12 @@ def _digits(split: str) -> Examples:
 SENTIMENT_CLASSES = ("negative", "positive")
 
 
-def read_vader(path: Path, origin: str) -> Examples:
+def read_vader(path: Path, origin: str, scores: bool = False) -> Examples:
     """Read a VADER ``*_GroundTruth.txt`` file (``id<TAB>score<TAB>text``, CRLF, UTF-8).
 
     The label is the sign of the mean human rating; the few items rated exactly 0 are dropped.
+    ``scores``: the label is the mean rating itself (−4 … +4, as written in the file), every
+    rated snippet kept: a regression target.
     """
     try:
         text = path.read_bytes().decode("utf-8")
@@ -222,6 +226,7 @@ def read_vader(path: Path, origin: str) -> Examples:
         ) from None
     texts: list[str] = []
     labels: list[str] = []
+    lines: list[int] = []
     # split("\n") rather than splitlines(): the snippets may hold other Unicode line breaks.
     for line_no, line in enumerate(text.split("\n"), start=1):
         line = line.rstrip("\r")
@@ -237,13 +242,14 @@ def read_vader(path: Path, origin: str) -> Examples:
                 f"{path}: line {line_no}: expected id<TAB>score<TAB>text", hint=assets.FETCH_HINT
             ) from None
         snippet = parts[2].strip()
-        if score == 0 or not snippet:
+        if not snippet or (score == 0 and not scores):
             continue
         texts.append(snippet)
-        labels.append("positive" if score > 0 else "negative")
+        labels.append(parts[1].strip() if scores else "positive" if score > 0 else "negative")
+        lines.append(line_no)
     if not texts:
         raise DataError(f"{path}: no rated snippets", hint=assets.FETCH_HINT)
-    return Examples("text", texts, labels, origin)
+    return Examples("text", texts, labels, origin, lines)
 
 
 _VADER = {
@@ -264,6 +270,9 @@ def _register_vader(name: str, filename: str, what: str) -> None:
     def load(split: str) -> Examples:
         return read_vader(assets.vader_dir() / filename, f"{name}:{split}")
 
+    def load_scores(split: str) -> Examples:
+        return read_vader(assets.vader_dir() / filename, f"{name}_score:{split}", scores=True)
+
     register_dataset(
         name,
         modality="text",
@@ -271,6 +280,14 @@ def _register_vader(name: str, filename: str, what: str) -> None:
         label_order=SENTIMENT_CLASSES,
         description=f"VADER {what}: binary sentiment (sign of the human rating; zeros dropped)",
     )(load)
+    register_dataset(
+        f"{name}_score",
+        modality="text",
+        splits=("all",),
+        label_order=(),
+        description=f"VADER {what}: the mean human rating, −4 … +4 (regression)",
+        task="regression",
+    )(load_scores)
 
 
 for _name, (_file, _what) in _VADER.items():
