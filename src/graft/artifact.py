@@ -26,7 +26,7 @@ from graft.models.hf_backbone import save_tokenizer
 from graft.models.shapes import apply_shapes
 from graft.runtime import Precision
 from graft.safe_load import require_finite, weights_mismatch, weights_only_loading
-from graft.tasks import Classification, Regression, Task
+from graft.tasks import Classification, MultiLabel, Regression, Task
 
 WEIGHTS = "model.safetensors"
 META = "graft_model.json"
@@ -41,13 +41,13 @@ def save_model(
     plan: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
-    scale: Standardizer | None = None,
+    task: Task | None = None,
 ) -> None:
     """Write the model folder; the JSON is written last, so a folder with a JSON is complete.
     ``provenance``: the run's ``config_hash`` and ``data_fingerprint`` (and, for a merged
     model, how it was made: its α curve, its soup's ingredients), stored in the JSON.
-    ``scale``: a regression's target standardisation (its predictions are turned back into
-    the targets' units with it)."""
+    ``task``: what the outputs mean, kept beside them (a regression's target standardisation,
+    a multi-label model's thresholds); a classifier's needs nothing more than its labels."""
     from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def save_model(
         "plan": plan,
         "metrics": metrics or {},
         **({"shapes": backbone.shapes} if backbone.shapes else {}),
-        **({"task": "regression", "target": scale.to_dict()} if scale is not None else {}),
+        **task_meta(task),
         **(provenance or {}),
     }
     atomic_write_text(folder / META, json.dumps(meta, indent=1))
@@ -107,9 +107,12 @@ class Predictor(ABC):
 
     @property
     def task(self) -> Task:
-        """What the outputs mean: classes, or a regression's standardised value."""
+        """What the outputs mean: classes, a regression's standardised value, or labels each
+        present or not (with the thresholds chosen on the run's validation set)."""
         if self.meta.get("task") == "regression":
             return Regression(self.label_map, Standardizer.from_dict(self.meta["target"]))
+        if self.meta.get("task") == "multilabel":
+            return MultiLabel(self.label_map, tuple(self.meta["thresholds"]))
         return Classification(self.label_map)
 
     def loader(self, examples: Examples, batch_size: int) -> Any:
@@ -189,6 +192,17 @@ class Predictor(ABC):
         if isinstance(task, Regression):
             outputs = self.logits(self.examples(examples), precision=precision)
             return [{"value": float(v)} for v in task.predict(outputs)]
+        if isinstance(task, MultiLabel):
+            probs = task.probabilities(self.logits(self.examples(examples), precision=precision))
+            names = self.label_map.names
+            limits = task.thresholds or (0.5,) * len(names)
+            return [
+                {
+                    "labels": [n for n, p, t in zip(names, row, limits, strict=True) if p >= t],
+                    "probabilities": {n: float(p) for n, p in zip(names, row, strict=True)},
+                }
+                for row in probs
+            ]
         probs = self.logits(self.examples(examples), precision=precision).softmax(1).numpy()
         best = probs.argmax(1)
         return [
@@ -253,6 +267,15 @@ def load_model(folder: str | Path) -> LoadedModel:
     Every ``torch.load`` on the way is weights-only (see :mod:`graft.safe_load`)."""
     with weights_only_loading():
         return _load_model(Path(folder))
+
+
+def task_meta(task: Task | None) -> dict[str, Any]:
+    """What ``graft_model.json`` keeps of a task beyond the labels."""
+    if isinstance(task, Regression):
+        return {"task": "regression", "target": task.scale.to_dict()}
+    if isinstance(task, MultiLabel):
+        return {"task": "multilabel", "thresholds": list(task.thresholds or ())}
+    return {}
 
 
 def require_classifier(model: Predictor, command: str) -> None:

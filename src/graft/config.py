@@ -226,11 +226,16 @@ class ScheduleConfig(_Strict):
 
 
 #: Losses per task; the first is the task's default.
-TASK_LOSSES = {"classification": ("cross_entropy", "focal"), "regression": ("mse", "huber", "l1")}
+TASK_LOSSES = {
+    "classification": ("cross_entropy", "focal"),
+    "regression": ("mse", "huber", "l1"),
+    "multilabel": ("bce",),
+}
 #: Selection metrics per task (``loss`` suits both); the first is the task's default.
 TASK_METRICS = {
     "classification": ("accuracy", "macro_f1"),
     "regression": ("rmse", "mae", "r2", "spearman"),
+    "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy"),
 }
 
 
@@ -238,12 +243,15 @@ class LossConfig(_Strict):
     """The training loss (the validation loss is always the task's plain loss: cross-entropy,
     or the mean squared error of standardised targets; comparable across runs)."""
 
-    name: Literal["cross_entropy", "focal", "mse", "huber", "l1"] = "cross_entropy"
+    name: Literal["cross_entropy", "focal", "mse", "huber", "l1", "bce"] = "cross_entropy"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weights: Literal["none", "inverse", "effective_number"] | list[float] = "none"
     focal_gamma: float = Field(2.0, ge=0)
     huber_delta: float = Field(
         1.0, gt=0, description="huber: where the loss turns linear (standardised units)"
+    )
+    pos_weight: Literal["none", "balanced"] | list[float] = Field(
+        "none", description="bce: each label's positive weight (balanced: negatives/positives)"
     )
 
 
@@ -326,9 +334,18 @@ class TrainConfig(_Strict):
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     max_grad_norm: float | None = Field(None, gt=0)
     max_grad_value: float | None = Field(None, gt=0)
-    metric: Literal["accuracy", "macro_f1", "loss", "rmse", "mae", "r2", "spearman"] = Field(
-        "accuracy", description="model selection (regression: rmse unless set)"
-    )
+    metric: Literal[
+        "accuracy",
+        "macro_f1",
+        "loss",
+        "rmse",
+        "mae",
+        "r2",
+        "spearman",
+        "map",
+        "micro_f1",
+        "subset_accuracy",
+    ] = Field("accuracy", description="model selection (regression: rmse, multilabel: map)")
     early_stopping_patience: int | None = Field(None, gt=0)
     early_stopping_min_delta: float = Field(0.0, ge=0)
     restore_best: bool = Field(
@@ -398,8 +415,9 @@ class OutputConfig(_Strict):
 class RunConfig(_Strict):
     """Everything one ``graft fit`` needs."""
 
-    task: Literal["classification", "regression"] = Field(
-        "classification", description="regression: the label column holds numbers"
+    task: Literal["classification", "regression", "multilabel"] = Field(
+        "classification",
+        description="regression: the label column holds numbers; multilabel: sets of labels",
     )
     backbone: BackboneConfig
     data: DataConfig
@@ -420,11 +438,11 @@ class RunConfig(_Strict):
     def _task_defaults(self) -> RunConfig:
         # A regression config that names no loss or metric gets the regression defaults; one
         # that names a classification loss or metric (or the reverse) is refused by name.
-        if self.task == "regression":
+        if self.task != "classification":
             if "name" not in self.loss.model_fields_set:
-                self.loss.name = "mse"
+                self.loss.name = TASK_LOSSES[self.task][0]  # type: ignore[assignment]
             if "metric" not in self.train.model_fields_set:
-                self.train.metric = "rmse"
+                self.train.metric = TASK_METRICS[self.task][0]  # type: ignore[assignment]
         if self.loss.name not in TASK_LOSSES[self.task]:
             raise ValueError(
                 f"loss.name: {self.loss.name!r} is not a {self.task} loss "
@@ -560,6 +578,7 @@ LATER_SETTINGS: dict[tuple[str, str | None], Any] = {
     ("data", "target_labeled_size"): None,
     ("task", None): "classification",
     ("loss", "huber_delta"): 1.0,
+    ("loss", "pos_weight"): "none",
 }
 
 

@@ -26,6 +26,24 @@ from graft.errors import UsageError
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LOSSES = ("cross_entropy", "focal")
 REGRESSION_LOSSES = ("mse", "huber", "l1")
+MULTILABEL_LOSSES = ("bce",)
+
+
+@dataclass
+class MultiLabelLoss:
+    """Binary cross-entropy of each label's logit against its 0/1 target, mean over examples
+    and labels; ``pos_weight`` (one per label) weighs a label's positive examples, e.g.
+    negatives/positives so that a rare label counts as much as a common one."""
+
+    pos_weight: Tensor | None = None
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        weight = self.pos_weight
+        if weight is not None and weight.device != logits.device:
+            weight = self.pos_weight = weight.to(logits.device)
+        return F.binary_cross_entropy_with_logits(
+            logits.float(), targets.float(), pos_weight=weight
+        )
 
 
 @dataclass

@@ -8,6 +8,7 @@ every epoch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -179,7 +180,12 @@ def summary_line(metrics: dict[str, Any]) -> str:
     loss = metrics.get("loss")
     if loss is not None:
         parts.append(f"loss {float(loss):.4f}")
-    if "rmse" in metrics:
+    if "map" in metrics:
+        parts.append(f"mAP {float(metrics['map']):.3f}")
+        parts.append(f"micro-F1 {float(metrics['micro_f1']):.3f}")
+        parts.append(f"macro-F1 {float(metrics['macro_f1']):.3f}")
+        parts.append(f"subset acc {float(metrics['subset_accuracy']):.3f}")
+    elif "rmse" in metrics:
         parts.append(f"rmse {float(metrics['rmse']):.3f}")
         parts.append(f"mae {float(metrics['mae']):.3f}")
         parts.append(f"R² {float(metrics['r2']):.3f}")
@@ -193,3 +199,91 @@ def summary_line(metrics: dict[str, Any]) -> str:
 
 #: Selection metrics where lower is better.
 LOWER_IS_BETTER = frozenset({"loss", "rmse", "mae"})
+
+
+# --------------------------------------------------------------------------- multi-label
+
+
+def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision of one label: Σ_n (R_n − R_{n−1}) P_n over the distinct scores from
+    the highest down (as ``sklearn.metrics.average_precision_score``); NaN without positives."""
+    truth = np.asarray(y_true, dtype=np.float64)
+    positives = truth.sum()
+    if positives == 0:
+        return math.nan
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    sorted_scores, sorted_truth = np.asarray(scores)[order], truth[order]
+    # The last position of each distinct score: ties are one threshold.
+    last = np.r_[np.nonzero(np.diff(sorted_scores))[0], len(sorted_scores) - 1]
+    tp = np.cumsum(sorted_truth)[last]
+    precision = tp / (last + 1)
+    recall = tp / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def best_thresholds(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per label, the probability threshold that maximises its F1 on these examples (a label is
+    predicted when its probability is ≥ the threshold): the midpoint between the chosen score
+    and the next lower one, 0.5 for a label without positives."""
+    truth = np.asarray(y_true, dtype=bool)
+    out = np.full(truth.shape[1], 0.5)
+    for j in range(truth.shape[1]):
+        positives = int(truth[:, j].sum())
+        if positives == 0:
+            continue
+        order = np.argsort(-probs[:, j], kind="stable")
+        s, t = probs[order, j], truth[order, j]
+        last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+        tp = np.cumsum(t)[last]
+        f1 = 2 * tp / (last + 1 + positives)  # 2TP / (predicted + actual)
+        k = int(np.argmax(f1))
+        below = s[last[k] + 1] if last[k] + 1 < len(s) else 0.0
+        out[j] = (s[last[k]] + below) / 2
+    return out
+
+
+def multilabel_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    label_names: Sequence[str],
+    thresholds: np.ndarray | float = 0.5,
+    *,
+    loss: float | None = None,
+) -> dict[str, Any]:
+    """Multi-label scores of probabilities ``probs`` (N, L) against 0/1 ``y_true`` (N, L), a
+    label predicted where its probability is ≥ its threshold: micro-F1 (over every decision),
+    macro-F1 (mean over labels that occur or are predicted), subset accuracy (every label of an
+    example right), mAP (mean average precision over labels with a positive; threshold-free),
+    and per label its AP, F1, threshold and support."""
+    truth = np.asarray(y_true, dtype=bool)
+    p = np.asarray(probs, dtype=np.float64)
+    if truth.shape != p.shape or truth.ndim != 2 or truth.shape[1] != len(label_names):
+        raise ValueError(f"y_true {truth.shape} and probs {p.shape} for {len(label_names)} labels")
+    limits = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (truth.shape[1],))
+    pred = p >= limits
+    tp = (pred & truth).sum(0).astype(np.float64)
+    predicted, actual = pred.sum(0), truth.sum(0)
+    f1 = _safe_divide(2 * tp, (predicted + actual).astype(np.float64))
+    present = (predicted + actual) > 0
+    ap = [average_precision(truth[:, j], p[:, j]) for j in range(truth.shape[1])]
+    scored = [a for a in ap if not math.isnan(a)]
+    total = float(predicted.sum() + actual.sum())
+    n = int(truth.shape[0])
+    return {
+        "n": n,
+        "micro_f1": float(2 * tp.sum() / total) if total else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "subset_accuracy": float((pred == truth).all(1).mean()) if n else 0.0,
+        "map": float(np.mean(scored)) if scored else math.nan,
+        "loss": None if loss is None else float(loss),
+        "labels": [str(x) for x in label_names],
+        "per_label": {
+            str(name): {
+                "ap": None if math.isnan(ap[j]) else ap[j],
+                "f1": float(f1[j]),
+                "threshold": float(limits[j]),
+                "support": int(actual[j]),
+            }
+            for j, name in enumerate(label_names)
+        },
+    }

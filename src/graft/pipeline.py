@@ -34,12 +34,13 @@ from graft.models.base import ImagePreprocess, TextPreprocess
 Batch = dict[str, Any]
 
 
-def target_dtype(dataset: Any) -> torch.dtype:
-    """The torch dtype of a dataset's targets: int64 class indexes, or a regression's floats."""
+def empty_targets(dataset: Any, n: int) -> torch.Tensor:
+    """An uninitialised tensor for ``n`` of a dataset's targets, of their type and shape: int64
+    class indexes, a regression's floats, a multi-label example's row of 0/1 floats."""
     targets = getattr(dataset, "targets", None)
     if targets is None or not np.issubdtype(targets.dtype, np.floating):
-        return torch.long
-    return torch.from_numpy(targets[:0]).dtype
+        return torch.empty(n, dtype=torch.long)
+    return torch.empty((n, *targets.shape[1:]), dtype=torch.from_numpy(targets[:0]).dtype)
 
 
 def _digest(targets: np.ndarray | None) -> Any:

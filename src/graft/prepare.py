@@ -210,7 +210,12 @@ def _objective(config: RunConfig, model: torch.nn.Module, train_targets: np.ndar
     """The loss, penalties and constraints of the config. Built after initialization: L2-SP and
     the distance bound take the weights as they are now as their reference."""
     from graft import regularize as reg
-    from graft.losses import RegressionLoss, build_loss, class_weights_from_counts
+    from graft.losses import (
+        MultiLabelLoss,
+        RegressionLoss,
+        build_loss,
+        class_weights_from_counts,
+    )
 
     loss_cfg, r = config.loss, config.regularize
     loss_fn: Any
@@ -227,6 +232,8 @@ def _objective(config: RunConfig, model: torch.nn.Module, train_targets: np.ndar
         weights = class_weights_from_counts(counts, loss_cfg.class_weights)
     if config.task == "regression":
         loss_fn = RegressionLoss(loss_cfg.name, loss_cfg.huber_delta)
+    elif config.task == "multilabel":
+        loss_fn = MultiLabelLoss(_pos_weight(loss_cfg.pos_weight, train_targets))
     else:
         loss_fn = build_loss(
             loss_cfg.name,
@@ -331,23 +338,41 @@ def _check_closure_optimizer(config: RunConfig, backbone: Backbone, trainable: i
         )
 
 
+def _pos_weight(setting: str | list[float], targets: np.ndarray) -> torch.Tensor | None:
+    """``loss.pos_weight``: none, balanced (each label's negatives / positives in training), or
+    one weight per label."""
+    if setting == "none":
+        return None
+    if isinstance(setting, list):
+        if len(setting) != targets.shape[1]:
+            raise UsageError(
+                f"loss.pos_weight: {len(setting)} weights for {targets.shape[1]} labels"
+            )
+        return torch.tensor(setting, dtype=torch.float32)
+    positives = targets.sum(0)
+    return torch.from_numpy((len(targets) - positives) / np.maximum(positives, 1.0)).float()
+
+
 def _check_task_config(config: RunConfig) -> None:
-    """What a regression cannot do yet (or at all), refused by field before the data is read."""
-    if config.task != "regression":
+    """What a regression or multi-label task cannot do yet (or at all), refused by field
+    before the data is read."""
+    if config.task == "classification":
         return
+    if config.task != "multilabel" and config.loss.pos_weight != "none":
+        raise UsageError("loss.pos_weight: only with task: multilabel")
     d, loss = config.data, config.loss
     refused = [
-        ("distill.teacher", config.distill.teacher is not None, "soft targets are classes"),
-        ("adapt.method", config.adapt.method != "none", "its terms act on class predictions"),
-        ("data.mixup_alpha", d.mixup_alpha > 0 or d.cutmix_alpha > 0, "it blends class labels"),
-        ("loss.class_weights", loss.class_weights != "none", "a regression has no classes"),
-        ("loss.label_smoothing", loss.label_smoothing > 0, "a regression has no classes"),
-        ("init.head", config.init.head == "linear_probe", "the probe fits a classifier"),
+        ("distill.teacher", config.distill.teacher is not None, "its soft targets are classes"),
+        ("adapt.method", config.adapt.method != "none", "its terms act on one class per row"),
+        ("data.mixup_alpha", d.mixup_alpha > 0 or d.cutmix_alpha > 0, "it blends one class"),
+        ("loss.class_weights", loss.class_weights != "none", "weights of single classes"),
+        ("loss.label_smoothing", loss.label_smoothing > 0, "it smooths one class per row"),
+        ("init.head", config.init.head == "linear_probe", "the probe fits a softmax classifier"),
     ]
     for field, on, why in refused:
         if on:
             raise UsageError(
-                f"{field}: not with task: regression ({why})",
+                f"{field}: not with task: {config.task} ({why})",
                 hint=f"remove {field} from the config",
             )
 
@@ -441,7 +466,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     _check_distill_config(config)
     check_adapt_config(config)
     splits = load_splits(config.data, config.task)
-    task = task_of(splits)
+    task = task_of(splits, config.task)
     sets = unlabeled_sets(config)
     unlabeled, target = sets.get("distill.unlabeled"), sets.get("data.target_unlabeled")
     log(
@@ -449,6 +474,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         f"test {len(splits.test) if splits.test else 0}"
         + "".join(f", {k} {len(v)}" for k, v in splits.extra.items())
         + (f"; {len(splits.label_map)} classes" if task.kind == "classification" else "")
+        + (f"; {len(splits.label_map)} labels (multi-label)" if task.kind == "multilabel" else "")
         + (
             f"; regression of {splits.label_map.names[0]} (training mean {task.scale.mean:.4g}, "
             f"std {task.scale.std:.4g})"

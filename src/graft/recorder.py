@@ -184,6 +184,12 @@ class Recorder:
 
 def _scores(record: dict[str, Any]) -> str:
     """The epoch's scores for the log line: accuracy and F1, or a regression's errors."""
+    if "val_map" in record:
+        return (
+            f"train subset acc {record['train_subset_accuracy']:.4f}  "
+            f"val loss {record['val_loss']:.4f}  val mAP {record['val_map']:.4f}  "
+            f"val micro-F1 {record['val_micro_f1']:.4f}"
+        )
     if "val_rmse" in record:
         return (
             f"train RMSE {record['train_rmse']:.4f}  val loss {record['val_loss']:.4f}  "

@@ -73,7 +73,7 @@ from graft.runtime import (
     stop_on_signals,
 )
 from graft.safe_load import weights_only_loading
-from graft.tasks import Regression
+from graft.tasks import MultiLabel
 from graft.train import TrainState, evaluate, train
 
 
@@ -344,7 +344,7 @@ def _finish(
             plan=prep.plan.to_dict(),
             metrics={k: results[k] for k in ("validation", "test", "extra")},
             provenance={"config_hash": digests[0], "data_fingerprint": digests[1]},
-            scale=prep.task.scale if isinstance(prep.task, Regression) else None,
+            task=prep.task,
         )
     # results.json is the commit point: from here on, what is left (clean-up, report) is
     # redone by --resume if the process dies.
@@ -388,14 +388,20 @@ def _final_results(prep: Prepared) -> dict[str, Any]:
     frozen_body = settings.feature_cache and not settings.frozen_bn_updates
     frozen_body = frozen_body and all(head_only(p) for p in prep.plan.phases)
 
-    def measure(ex: Examples) -> dict[str, Any]:
+    def outputs(ex: Examples) -> dict[str, Any]:
         loader = prep.eval_loader(ex)
         if frozen_body:
             features = compute_features(model, loader, prep.device, settings.precision, store)
             head_loader = same_batches(features, loader)
-            out = evaluate(model.head, head_loader, prep.device, settings.precision, prep.task)
-        else:
-            out = evaluate(model, loader, prep.device, settings.precision, prep.task)
+            return evaluate(model.head, head_loader, prep.device, settings.precision, prep.task)
+        return evaluate(model, loader, prep.device, settings.precision, prep.task)
+
+    validation = outputs(splits.validation)
+    if isinstance(prep.task, MultiLabel):  # each label's threshold: from validation, only
+        prep.settings.task = prep.task.fit_thresholds(validation["logits"], validation["targets"])
+
+    def measure(ex: Examples) -> dict[str, Any]:
+        out = validation if ex is splits.validation else outputs(ex)
         return prep.task.metrics(out["logits"], out["targets"], out["loss"])
 
     return {

@@ -516,7 +516,7 @@ def _batch_counts(
     errors) and labeled count (summed over ranks when distributed). Only labeled examples are
     scored (an unlabeled distillation or target example has a negative target)."""
     n = len(targets)
-    if task is not None and task.kind == "regression":  # every row labeled (no MixUp, ...)
+    if task is not None and task.kind != "classification":  # every row labeled (no MixUp)
         return [loss * n, float(n), task.batch_score(logits, targets), float(n)]
     hard = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix: soft targets
     labeled = hard >= 0

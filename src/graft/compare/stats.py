@@ -135,12 +135,15 @@ class Ranking:
 
 CLASSIFICATION = Ranking("accuracy", "macro_f1", "accuracy", "macro-F1", True, True)
 REGRESSION = Ranking("rmse", "spearman", "RMSE", "Spearman ρ", False, False)
+MULTILABEL = Ranking("micro_f1", "map", "micro-F1", "mAP", True, True)
 
 
 def ranking_of(records: Sequence[RunRecord]) -> Ranking:
-    """Regression's ranking when the runs are regressions, else classification's."""
-    regression = any(r.results.get("task") == "regression" for r in records)
-    return REGRESSION if regression else CLASSIFICATION
+    """The ranking of the runs' task (classification's for runs that name none)."""
+    tasks = {r.results.get("task", "classification") for r in records}
+    if "regression" in tasks:
+        return REGRESSION
+    return MULTILABEL if "multilabel" in tasks else CLASSIFICATION
 
 
 # --------------------------------------------------------------------------------------------

@@ -188,6 +188,44 @@ def _mnist5k(split: str) -> Examples:
     return read_mnist_csv(assets.mnist5k_csv(), f"mnist5k:{split}")
 
 
+#: How many multi-digit images each split of ``multi_mnist`` has.
+MULTI_MNIST_SIZES = {"train": 3000, "test": 1000}
+
+
+@register_dataset(
+    "multi_mnist",
+    modality="image",
+    splits=("train", "test"),
+    label_order=DIGIT_CLASSES,
+    description="multi-label digits: 56x56 images of a 2x2 grid, each cell an MNIST-5k digit "
+    "or blank; the labels are the digits present (train and test use disjoint digit images)",
+    task="multilabel",
+)
+def _multi_mnist(split: str) -> Examples:
+    digits = read_mnist_csv(assets.mnist5k_csv(), "mnist5k")
+    # The 5,000 digit images are shuffled once and cut 4,000 / 1,000: no digit image is in
+    # both splits. Each grid cell holds a digit with probability 1/2 (at least one per image).
+    order = np.random.default_rng(0).permutation(len(digits))
+    pool = order[:4000] if split == "train" else order[4000:]
+    rng = np.random.default_rng(1 if split == "train" else 2)
+    n = MULTI_MNIST_SIZES[split]
+    images = np.zeros((n, 56, 56), dtype=np.uint8)
+    labels: list[str] = []
+    pixels = np.asarray(digits.inputs)
+    for i in range(n):
+        filled = rng.random(4) < 0.5
+        if not filled.any():
+            filled[rng.integers(4)] = True
+        present: set[str] = set()
+        for cell in np.flatnonzero(filled):
+            k = int(rng.choice(pool))
+            row, col = divmod(int(cell), 2)
+            images[i, 28 * row : 28 * row + 28, 28 * col : 28 * col + 28] = pixels[k]
+            present.add(digits.labels[k])
+        labels.append("|".join(sorted(present, key=int)))
+    return Examples("image", images, labels, f"multi_mnist:{split}")
+
+
 @register_dataset(
     "digits",
     modality="image",

@@ -445,7 +445,17 @@ def _read_jsonl(
                 f"{path}: line {line_no}: the label in {label_column!r} is {lab}, not a class",
                 hint="give every row its class, or drop the rows without one",
             )
-        if lab is None or isinstance(lab, (dict, list)) or not _label_str(lab):
+        if isinstance(lab, list):  # several labels (multi-label): kept as a JSON list
+            if not all(isinstance(x, str | int) and _label_str(x) for x in lab):
+                raise DataError(
+                    f"{path}: line {line_no}: a label list in {label_column!r} holds an empty "
+                    "or non-scalar label"
+                )
+            texts.append(t)
+            labels.append(json.dumps([_label_str(x) for x in lab]))
+            lines.append(line_no)
+            continue
+        if lab is None or isinstance(lab, dict) or not _label_str(lab):
             raise DataError(f"{path}: line {line_no}: empty or invalid label in {label_column!r}")
         texts.append(t)
         labels.append(_label_str(lab))

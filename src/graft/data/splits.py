@@ -18,7 +18,13 @@ from graft.data.sources import (
     read_table,
     require_file_or_folder,
 )
-from graft.data.targets import Standardizer, numeric_targets, strata
+from graft.data.targets import (
+    Standardizer,
+    label_sets,
+    numeric_targets,
+    rarest_label_keys,
+    strata,
+)
 from graft.data.types import Examples, LabelMap, Splits, natural_key
 from graft.errors import DataError, UsageError
 
@@ -118,7 +124,8 @@ def _split_indexes(
     labels: Sequence[str], n_out: int, seed: int, origin: str, what: str, binned: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indexes (kept, taken out) with ``n_out`` taken out, stratified by label when possible
-    (``binned``: the labels are a regression's quantile bins, not classes to keep)."""
+    (``binned``: the keys are strata — a regression's quantile bins, a multi-label example's
+    rarest label — not classes that training must keep)."""
     from sklearn.model_selection import train_test_split  # slow import: only when splitting
 
     n = len(labels)
@@ -166,10 +173,10 @@ def _split_indexes(
 
 
 def _subsample(
-    ex: Examples, size: int | None, seed: int, what: str, regression: bool = False
+    ex: Examples, size: int | None, seed: int, what: str, task: str = "classification"
 ) -> Examples:
-    """At most ``size`` examples of ``ex``, stratified (by quantile bins for a regression);
-    all of them if ``size`` >= len(ex)."""
+    """At most ``size`` examples of ``ex``, stratified (by :func:`strata_of` for a regression
+    or multi-label task); all of them if ``size`` >= len(ex)."""
     if size is None or size >= len(ex):
         return ex
     if size < 1:
@@ -177,7 +184,7 @@ def _subsample(
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(ex))
-    keys = strata(numeric_targets(ex)) if regression else ex.labels
+    keys = strata_of(ex, task)
     try:
         kept, _ = train_test_split(
             idx, train_size=size, stratify=np.asarray(keys), random_state=seed
@@ -188,6 +195,16 @@ def _subsample(
         kept = np.random.default_rng(seed).choice(len(ex), size=size, replace=False)
     # Original order: a subset reads like its source, and the training loop shuffles anyway.
     return ex.subset(np.sort(kept))
+
+
+def strata_of(ex: Examples, task: str) -> Sequence[str]:
+    """The keys a split of ``ex`` is stratified by: the class (classification), the quantile
+    bin of the target (regression), the rarest label of the set (multi-label)."""
+    if task == "regression":
+        return strata(numeric_targets(ex))
+    if task == "multilabel":
+        return rarest_label_keys(label_sets(ex))
+    return ex.labels
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -227,6 +244,7 @@ def make_splits(
     output (``target_name``) and ``scale`` holds the training targets' mean and std.
     """
     regression = task == "regression"
+    binned = task != "classification"
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)
     carve_val = validation is None
@@ -246,20 +264,18 @@ def make_splits(
                 f"{train.origin} is {train.modality}"
             )
 
-    for ex in [train, validation, test, *(extra or {}).values()] if regression else []:
-        if ex is not None:
-            numeric_targets(ex)  # every label a number, before any split hides a bad one
+    for ex in [train, validation, test, *(extra or {}).values()] if binned else []:
+        if ex is not None:  # every label read, before any split hides a bad one
+            numeric_targets(ex) if regression else label_sets(ex)
 
     def keys(ex: Examples) -> Sequence[str]:
-        return strata(numeric_targets(ex)) if regression else ex.labels
+        return strata_of(ex, task)
 
     n = len(train)
     pool = train
     if carve_test:
         n_test = max(1, round(test_fraction * n))
-        kept, out = _split_indexes(
-            keys(pool), n_test, _seed(seed, 0), train.origin, "test", regression
-        )
+        kept, out = _split_indexes(keys(pool), n_test, _seed(seed, 0), train.origin, "test", binned)
         test = pool.subset(out, origin=f"{train.origin} (test part)")
         pool = pool.subset(kept)
     if carve_val:
@@ -267,19 +283,17 @@ def make_splits(
         where = (
             f"{train.origin} (what is left after the test split)" if carve_test else train.origin
         )
-        kept, out = _split_indexes(
-            keys(pool), n_val, _seed(seed, 1), where, "validation", regression
-        )
+        kept, out = _split_indexes(keys(pool), n_val, _seed(seed, 1), where, "validation", binned)
         validation = pool.subset(out, origin=f"{train.origin} (validation part)")
         pool = pool.subset(kept)
     assert validation is not None
 
-    pool = _subsample(pool, train_size, _seed(seed, 2), "train", regression)
-    validation = _subsample(validation, val_size, _seed(seed, 3), "val", regression)
+    pool = _subsample(pool, train_size, _seed(seed, 2), "train", task)
+    validation = _subsample(validation, val_size, _seed(seed, 3), "val", task)
     if test is not None:
-        test = _subsample(test, test_size, _seed(seed, 4), "test", regression)
+        test = _subsample(test, test_size, _seed(seed, 4), "test", task)
     extra = {
-        k: _subsample(v, extra_size, _seed(seed, 5), "extra", regression)
+        k: _subsample(v, extra_size, _seed(seed, 5), "extra", task)
         for k, v in (extra or {}).items()
     }
     if regression:
@@ -293,6 +307,12 @@ def make_splits(
             scale=(fitted.mean, fitted.std),
         )
 
+    if task == "multilabel":  # the classes are the single labels, each set checked known
+        label_map = LabelMap.from_labels([x for s in label_sets(pool) for x in s])
+        for ex in [validation, test, *extra.values()]:
+            if ex is not None:
+                label_map.encode([x for s in label_sets(ex) for x in s], ex.origin)
+        return Splits(pool, validation, test, dict(extra), label_map)
     label_map = LabelMap.from_labels(pool.labels, order=label_order)
     # Also catches training labels missing from label_order (from_labels would drop them).
     label_map.encode(pool.labels, pool.origin)

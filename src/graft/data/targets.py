@@ -1,14 +1,17 @@
-"""Regression targets: labels read as numbers, their standardisation, and the keys that let a
-split of continuous targets be stratified.
+"""Targets beyond one class name: a regression's numbers (their standardisation, and the keys
+that let a split of continuous targets be stratified) and a multi-label example's label set.
 
-A regression set's labels stay strings in :class:`~graft.data.types.Examples` (as read from the
-file, so the data fingerprint of a file does not depend on the task); they become numbers here,
-with an error that names the file and line of the first one that is not a finite number.
+Labels stay strings in :class:`~graft.data.types.Examples` (as read from the file, so the data
+fingerprint of a file does not depend on the task); they become numbers or label sets here, with
+an error that names the file and line of the first one that is not.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,3 +87,39 @@ class Standardizer:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Standardizer:
         return cls(float(data["mean"]), float(data["std"]))
+
+
+#: How several labels are written in one CSV/TSV cell (JSON Lines: a list).
+LABEL_SEPARATOR = "|"
+
+
+def label_sets(ex: Examples, separator: str = LABEL_SEPARATOR) -> list[list[str]]:
+    """Each example's labels (multi-label): a JSON list as JSON Lines gives it, or a cell split
+    at ``separator``; an empty set is a :class:`DataError` naming the file and line."""
+    out: list[list[str]] = []
+    for i, label in enumerate(ex.labels):
+        parsed: list[str] | None = None
+        if label.startswith("["):
+            try:
+                value = json.loads(label)
+                parsed = [str(x).strip() for x in value] if isinstance(value, list) else None
+            except json.JSONDecodeError:
+                parsed = None
+        if parsed is None:
+            parsed = [part.strip() for part in label.split(separator)]
+        labels = sorted({x for x in parsed if x})
+        if not labels:
+            raise DataError(
+                f"{ex.where(i)}: an empty label set (task: multilabel)",
+                hint=f"give each example at least one label, separated by {separator!r}",
+            )
+        out.append(labels)
+    return out
+
+
+def rarest_label_keys(sets: Sequence[Sequence[str]]) -> list[str]:
+    """Stratification keys of multi-label examples: each example's rarest label, so that a
+    carved split holds every label in about its share (a common approximation of iterative
+    stratification, Sechidis et al. 2011)."""
+    counts = Counter(x for labels in sets for x in labels)
+    return [min(labels, key=lambda x: (counts[x], x)) for labels in sets]

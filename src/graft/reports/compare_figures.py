@@ -125,6 +125,11 @@ def curves_grid(rows: Sequence[StrategySummary], palette: dict[str, str]) -> Fig
         (axes[1][0], "train_accuracy", "Training accuracy"),
         (axes[1][1], "val_accuracy", "Validation accuracy"),
     ]
+    if rows and rows[0].ranking.metric == "micro_f1":  # multi-label
+        panels[2:] = [
+            (axes[1][0], "train_subset_accuracy", "Training subset accuracy"),
+            (axes[1][1], "val_map", "Validation mAP"),
+        ]
     if rows and rows[0].ranking.metric == "rmse":  # a regression's error in its units
         panels[2:] = [
             (axes[1][0], "train_rmse", "Training RMSE"),

@@ -48,11 +48,15 @@ METRICS: dict[str, Literal["minimize", "maximize"]] = {
     "val_mae": "minimize",
     "val_r2": "maximize",
     "val_spearman": "maximize",
+    "val_map": "maximize",  # multi-label (task: multilabel)
+    "val_micro_f1": "maximize",
+    "val_subset_accuracy": "maximize",
 }
 #: The search metrics each task's epochs record (val_loss: every task).
 TASK_SEARCH_METRICS = {
     "classification": ("val_accuracy", "val_macro_f1", "val_loss"),
     "regression": ("val_rmse", "val_mae", "val_r2", "val_spearman", "val_loss"),
+    "multilabel": ("val_map", "val_micro_f1", "val_macro_f1", "val_subset_accuracy", "val_loss"),
 }
 
 
@@ -212,8 +216,17 @@ class SearchSpec(_Strict):
     n_trials: int | None = Field(None, gt=0, description="total over all workers and resumes")
     timeout: float | None = Field(None, description="seconds (or 15m, 1h) per invocation")
     metric: Literal[
-        "val_accuracy", "val_macro_f1", "val_loss", "val_rmse", "val_mae", "val_r2", "val_spearman"
-    ] = Field("val_accuracy", description="a regression's default: val_rmse")
+        "val_accuracy",
+        "val_macro_f1",
+        "val_loss",
+        "val_rmse",
+        "val_mae",
+        "val_r2",
+        "val_spearman",
+        "val_map",
+        "val_micro_f1",
+        "val_subset_accuracy",
+    ] = Field("val_accuracy", description="defaults: regression val_rmse, multilabel val_map")
     sampler: SamplerConfig = Field(default_factory=lambda: TPESamplerConfig(name="tpe"))
     pruner: PrunerConfig = Field(default_factory=lambda: MedianPrunerConfig(name="median"))
     seed: int = 0
@@ -452,8 +465,8 @@ def split_search(data: dict[str, Any], origin: str) -> tuple[dict[str, Any], Sea
         )
     spec = parse_search(raw, origin)
     task = validate(base, origin=origin).task
-    if task == "regression" and "metric" not in spec.model_fields_set:
-        spec.metric = "val_rmse"
+    if task != "classification" and "metric" not in spec.model_fields_set:
+        spec.metric = TASK_SEARCH_METRICS[task][0]  # type: ignore[assignment]
     if spec.metric not in TASK_SEARCH_METRICS[task]:
         raise UsageError(
             f"{origin}: search.metric: {spec.metric} is not recorded for task {task}",

@@ -101,7 +101,7 @@ class _Reporter:
 def _metrics_subset(m: Mapping[str, Any] | None) -> dict[str, float] | None:
     if not m:
         return None
-    keys = ("accuracy", "macro_f1", "rmse", "mae", "r2", "spearman", "loss")
+    keys = ("accuracy", "macro_f1", "rmse", "mae", "r2", "spearman", "map", "micro_f1", "loss")
     return {k: float(m[k]) for k in keys if k in m and m[k] is not None}
 
 

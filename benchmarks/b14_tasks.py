@@ -1,9 +1,13 @@
-"""B14: regression of the VADER sentiment scores (−4 … +4) with MiniLM (issue 17).
+"""B14: the tasks beyond single-label classification (issue 17), each through ``graft compare``
+with ``full`` fine-tuning and a ``linear_probe`` (3 seeds each).
 
-``full`` fine-tuning and a ``linear_probe`` (3 seeds each, through ``graft compare``) against
-predicting the training mean, in domain (movie snippets) and on two shifted domains (tweets,
-Amazon snippets, scored by the same human protocol). Writes ``docs/results/regression/``:
-``results.json`` (every seed, the machine) and the compare report.
+* ``regression``: the VADER sentiment scores (−4 … +4) with MiniLM, against predicting the
+  training mean, in domain (movie snippets) and on two shifted domains (tweets, Amazon
+  snippets, scored by the same human protocol) → ``docs/results/regression/``.
+* ``multilabel``: ``multi_mnist`` (2×2 grids of MNIST digits, the labels the digits present)
+  with EfficientNet-Lite0 → ``docs/results/multilabel/``.
+
+Each writes ``results.json`` (every seed, the machine) and the compare report.
 """
 
 from __future__ import annotations
@@ -25,11 +29,33 @@ from common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"train": 1500, "val": 300, "test": 1000, "extra": 1000}
-SETS = ("test", "tweets", "amazon")
-METRICS = ("rmse", "mae", "r2", "spearman")
+SETS = {"regression": ("test", "tweets", "amazon"), "multilabel": ("test",)}
+METRICS = {
+    "regression": ("rmse", "mae", "r2", "spearman"),
+    "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy"),
+}
 
 
-def config(out: Path, seeds: int) -> dict[str, Any]:
+def multilabel_config(out: Path, seeds: int) -> dict[str, Any]:
+    return {
+        "task": "multilabel",
+        "backbone": {"name": "tf_efficientnet_lite0", "pretrained": True},
+        "data": {"train": {"dataset": "multi_mnist"}, "image_size": 64, "val_fraction": 0.1},
+        "strategy": {"name": "full"},
+        "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
+        "schedule": {"name": "cosine", "warmup_ratio": 0.1},
+        "train": {"epochs": 8, "batch_size": 64},
+        "output": {"dir": str(out), "progress": False},
+        "compare": {
+            "name": "multi-mnist",
+            "strategies": ["full", "linear_probe"],
+            "seeds": seeds,
+            "overrides": {"linear_probe": {"optim.lr": 1e-2, "train.epochs": 20}},
+        },
+    }
+
+
+def regression_config(out: Path, seeds: int) -> dict[str, Any]:
     return {
         "task": "regression",
         "backbone": {"name": "minilm", "pooling": "mean"},
@@ -81,40 +107,47 @@ def mean_baseline(base: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def read_runs(compare_dir: Path) -> dict[str, list[dict[str, Any]]]:
+def read_runs(compare_dir: Path, task: str) -> dict[str, list[dict[str, Any]]]:
+    sets, metrics = SETS[task], METRICS[task]
     out: dict[str, list[dict[str, Any]]] = {}
     with (compare_dir / "runs.csv").open() as f:
         for row in csv.DictReader(f):
             results = json.loads((compare_dir / row["run"] / "results.json").read_text())
-            sets = {"test": results["test"], **results["extra"]}
+            scores = {"test": results["test"], **results["extra"]}
             out.setdefault(row["label"], []).append(
                 {
                     "seed": int(row["seed"]),
                     "wall_time_s": results["wall_time_s"],
-                    **{s: {k: sets[s][k] for k in METRICS} for s in SETS},
+                    **{s: {k: scores[s][k] for k in metrics} for s in sets},
                 }
             )
     return out
 
 
-def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summary(runs: list[dict[str, Any]], task: str) -> dict[str, Any]:
     def stat(values: list[float]) -> dict[str, float]:
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values)}
 
-    out: dict[str, Any] = {s: {k: stat([r[s][k] for r in runs]) for k in METRICS} for s in SETS}
+    out: dict[str, Any] = {
+        s: {k: stat([r[s][k] for r in runs]) for k in METRICS[task]} for s in SETS[task]
+    }
     return out | {"seeds": len(runs), "wall_time_s": stat([r["wall_time_s"] for r in runs])}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=["regression", "multilabel"], default="regression")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "docs/results/regression")
+    ap.add_argument("--out", type=Path, help="default: docs/results/<task>")
     ap.add_argument("--work", type=Path, default=Path("/tmp/graft-b14"), help="runs go here")
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out or ROOT / "docs/results" / args.task
+    out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    base = config(args.work, args.seeds)
-    path = args.work / "vader-score.yaml"
+    make = regression_config if args.task == "regression" else multilabel_config
+    base = make(args.work, args.seeds)
+    name = base["compare"]["name"]
+    path = args.work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(base, sort_keys=False))
     started = time.perf_counter()
     done = subprocess.run(
@@ -125,25 +158,24 @@ def main() -> None:
     )
     if done.returncode:
         raise SystemExit(done.stderr[-4000:])
-    compare_dir = args.work / "compare-vader-score"
+    compare_dir = args.work / f"compare-{name}"
     print(f"compare: {time.perf_counter() - started:.0f}s")
-    runs = read_runs(compare_dir)
-    results = {
-        "machine": machine(),
-        "sizes": SIZES,
-        "training_mean": mean_baseline(base),
-        "strategies": {label: summary(rs) for label, rs in runs.items()},
-        "runs": runs,
-    }
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    (args.out / "report.html").write_bytes((compare_dir / "report.html").read_bytes())
-    for s in SETS:
-        line = [f"{s:7s} mean rmse {results['training_mean'][s]['rmse']:.3f}"]
+    runs = read_runs(compare_dir, args.task)
+    results: dict[str, Any] = {"machine": machine(), "task": args.task}
+    if args.task == "regression":
+        results |= {"sizes": SIZES, "training_mean": mean_baseline(base)}
+    results["strategies"] = {label: summary(rs, args.task) for label, rs in runs.items()}
+    results["runs"] = runs
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "report.html").write_bytes((compare_dir / "report.html").read_bytes())
+    for s in SETS[args.task]:
+        line = [s]
         for label, st in results["strategies"].items():
-            m = st[s]
             line.append(
-                f"{label} rmse {m['rmse']['mean']:.3f}±{m['rmse']['std']:.3f} "
-                f"ρ {m['spearman']['mean']:.3f}±{m['spearman']['std']:.3f}"
+                label
+                + " ".join(
+                    f" {k} {st[s][k]['mean']:.3f}±{st[s][k]['std']:.3f}" for k in METRICS[args.task]
+                )
             )
         print("  |  ".join(line))
 
