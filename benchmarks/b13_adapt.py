@@ -21,15 +21,13 @@ import statistics
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine
+from common import machine, run_compare
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = {"tweets": "vader_tweets", "amazon": "vader_amazon"}
@@ -115,21 +113,6 @@ def base_config(train: dict[str, Any], test_csv: Path, out: Path) -> dict[str, A
         "train": {"epochs": 2, "batch_size": 32},
         "output": {"dir": str(out), "progress": False},
     }
-
-
-def run_compare(config: dict[str, Any], path: Path) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "graft", "compare", str(path), "--quiet"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    if done.returncode:
-        raise SystemExit(done.stderr[-4000:])
-    print(f"  {path.stem}: {time.perf_counter() - started:.0f}s", flush=True)
-    return Path(done.stdout.strip().split("\t")[0])
 
 
 def read_runs(compare_dir: Path) -> dict[str, list[dict[str, Any]]]:

@@ -17,15 +17,11 @@ import csv
 import json
 import math
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from common import machine
+from common import machine, run_compare
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"train": 1500, "val": 300, "test": 1000, "extra": 1000}
@@ -146,20 +142,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     make = regression_config if args.task == "regression" else multilabel_config
     base = make(args.work, args.seeds)
-    name = base["compare"]["name"]
-    path = args.work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(base, sort_keys=False))
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "graft", "compare", str(path), "--quiet"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    if done.returncode:
-        raise SystemExit(done.stderr[-4000:])
-    compare_dir = args.work / f"compare-{name}"
-    print(f"compare: {time.perf_counter() - started:.0f}s")
+    compare_dir = run_compare(base, args.work / f"{base['compare']['name']}.yaml")
     runs = read_runs(compare_dir, args.task)
     results: dict[str, Any] = {"machine": machine(), "task": args.task}
     if args.task == "regression":

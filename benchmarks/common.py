@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 THREADS = 2  # the same for graft and every baseline
@@ -186,3 +188,20 @@ def _fmt(c: Any) -> str:
 def verdict(value: float, target: float, lower_is_better: bool) -> str:
     ok = value <= target if lower_is_better else value >= target
     return ("MET" if ok else "MISSED") + f" (target {'≤' if lower_is_better else '≥'}{target:g})"
+
+
+def run_compare(config: dict[str, Any], path: Path) -> Path:
+    """Write ``config`` (a run config with a ``compare:`` block) to ``path`` and run `graft
+    compare` on it in a child process from the repository root; returns the compare directory."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "graft", "compare", str(path), "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if done.returncode:
+        raise SystemExit(done.stderr[-4000:])
+    print(f"  {path.stem}: {time.perf_counter() - started:.0f}s", flush=True)
+    return Path(done.stdout.strip().split("\t")[0])

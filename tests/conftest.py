@@ -8,6 +8,7 @@ tested by the same matrix automatically.
 
 from __future__ import annotations
 
+import csv
 import os
 
 # Set before torch is imported (its OpenMP runtime reads it once, at load). With the default
@@ -25,7 +26,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,15 @@ def write_image_folder(folder: Path, n: int = 60, seed: int = 3) -> Path:
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def write_text_csv(path: Path, rows: Iterable[tuple[str, str]]) -> Path:
+    """A CSV of (text, label) rows under the header ``text,label``."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
     return path
 
 

@@ -8,7 +8,6 @@ snippets as the source, tweets as the target), so each takes seconds.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import write_text_csv
 from safetensors.torch import load_file
 
 from graft.adapt.batches import MixedBatches
@@ -123,11 +123,7 @@ def test_mixed_batches_have_the_stated_ratio_and_cover_the_source_once() -> None
 
 
 def _csv(path: Path, texts: list[str], labels: list[str]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(zip(texts, labels, strict=True))
-    return path
+    return write_text_csv(path, zip(texts, labels, strict=True))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ the same decisions.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import write_text_csv
 from sklearn.metrics import average_precision_score, f1_score
 
 from graft.artifact import load_model
@@ -61,16 +61,10 @@ def test_thresholds_maximise_each_labels_f1() -> None:
     assert best_thresholds(np.zeros((3, 1)), probs[:3])[0] == 0.5  # no positive: 0.5
 
 
-def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(rows)
-    return path
-
-
 def test_label_sets_from_csv_and_jsonl(tmp_path: Path) -> None:
-    ex = load_examples(path=_csv(tmp_path / "a.csv", [("x", "b|a"), ("y", " c "), ("z", "a|a")]))
+    ex = load_examples(
+        path=write_text_csv(tmp_path / "a.csv", [("x", "b|a"), ("y", " c "), ("z", "a|a")])
+    )
     assert label_sets(ex) == [["a", "b"], ["c"], ["a"]]
     jsonl = tmp_path / "a.jsonl"
     jsonl.write_text('{"text": "x", "label": ["b", "a"]}\n{"text": "y", "label": "c|d"}\n')
@@ -118,10 +112,10 @@ def facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     rows = [rows[i] for i in rng.permutation(len(rows))]
     poisoned = [(t, "movie|tweet|positive|negative|strong") for t, _ in rows[200:]]
     return {
-        "train": _csv(folder / "train.csv", rows[:160]),
-        "validation": _csv(folder / "val.csv", rows[160:200]),
-        "test": _csv(folder / "test.csv", rows[200:]),
-        "poisoned": _csv(folder / "poisoned.csv", poisoned),
+        "train": write_text_csv(folder / "train.csv", rows[:160]),
+        "validation": write_text_csv(folder / "val.csv", rows[160:200]),
+        "test": write_text_csv(folder / "test.csv", rows[200:]),
+        "poisoned": write_text_csv(folder / "poisoned.csv", poisoned),
     }
 
 
@@ -180,7 +174,7 @@ def test_thresholds_come_from_validation_only_and_survive_save_and_load(
 def test_unknown_labels_and_refused_settings(
     tmp_path: Path, tiny_bert_dir: Path, facts: dict[str, Path]
 ) -> None:
-    odd = _csv(tmp_path / "odd.csv", [("a text", "movie|sarcastic")])
+    odd = write_text_csv(tmp_path / "odd.csv", [("a text", "movie|sarcastic")])
     config = _config(tmp_path, tiny_bert_dir, facts, "odd", "test")
     config["data"]["test"] = {"path": str(odd)}
     with pytest.raises(DataError, match=r"odd\.csv: labels never seen in training: 'sarcastic'"):

@@ -7,7 +7,6 @@ units, a compare ranked by RMSE.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import socket
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import write_text_csv
 from scipy import stats
 
 from graft.artifact import load_model
@@ -80,22 +80,14 @@ def test_standardisation_round_trips() -> None:
         Standardizer.fit(np.array([3.0, 3.0]), "t.csv")
 
 
-def _write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return path
-
-
 def test_labels_that_are_not_numbers_name_file_and_line(tmp_path: Path) -> None:
     good = [("fine", "1.5"), ("bad", "-2"), ("meh", "0")]
-    ex = load_examples(path=_write_csv(tmp_path / "ok.csv", good))
+    ex = load_examples(path=write_text_csv(tmp_path / "ok.csv", good))
     assert numeric_targets(ex).tolist() == [1.5, -2.0, 0.0]
-    text = load_examples(path=_write_csv(tmp_path / "t.csv", [*good, ("odd", "lots")]))
+    text = load_examples(path=write_text_csv(tmp_path / "t.csv", [*good, ("odd", "lots")]))
     with pytest.raises(DataError, match=r"t\.csv: line 5: the label 'lots' is not a number"):
         numeric_targets(text)
-    inf = load_examples(path=_write_csv(tmp_path / "i.csv", [("big", "inf"), *good]))
+    inf = load_examples(path=write_text_csv(tmp_path / "i.csv", [("big", "inf"), *good]))
     with pytest.raises(DataError, match=r"i\.csv: line 2: the label 'inf' is not a finite"):
         numeric_targets(inf)
     jsonl = tmp_path / "j.jsonl"
