@@ -232,3 +232,23 @@ def test_compare_ranks_regressions_by_rmse(tmp_path: Path, tiny_bert_dir: Path) 
     report = (result.compare_dir / "report.html").read_text()
     assert "test RMSE" in report and "Spearman ρ" in report
     assert torch.isfinite(torch.tensor(list(rmse.values()))).all()
+
+
+def test_search_minimises_validation_rmse(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    from conftest import write_yaml
+
+    from graft.search import search
+
+    config = _config(tmp_path, tiny_bert_dir, "unused", train={"epochs": 1})
+    config["search"] = {
+        "space": {"optim.lr": {"type": "categorical", "choices": [1e-4, 3e-3]}},
+        "n_trials": 2,
+        "sampler": {"name": "grid"},
+    }
+    summary = search(write_yaml(tmp_path / "s.yaml", config), quiet=True).summary
+    assert (summary["metric"], summary["direction"]) == ("val_rmse", "minimize")
+    values = [t["value"] for t in summary["trials"]]
+    assert summary["best"]["value"] == min(values) and len(set(values)) == 2
+    assert "rmse" in summary["best"]["test"]
+    report = (tmp_path / "search-s" / "report.html").read_text()
+    assert "test rmse" in report

@@ -148,6 +148,17 @@ def importance_figure(importances: Mapping[str, float]) -> Figure | None:
     return fig
 
 
+def test_metric(summary: Mapping[str, Any]) -> str:
+    """The test score a search shows beside each trial: accuracy, a regression's RMSE
+    (``rmse``) or a multi-label model's micro-F1, after the search's own metric."""
+    metric = str(summary.get("metric", ""))
+    if metric in ("val_rmse", "val_mae", "val_r2", "val_spearman"):
+        return "rmse"
+    if metric in ("val_map", "val_micro_f1", "val_subset_accuracy"):
+        return "micro_f1"
+    return "accuracy"
+
+
 def _leaderboard(summary: Mapping[str, Any]) -> str:
     maximize = summary["direction"] == "maximize"
     keys = list(summary["space"])
@@ -161,6 +172,7 @@ def _leaderboard(summary: Mapping[str, Any]) -> str:
         return f"{value:.3g}" if isinstance(value, float) else value
 
     errors = any(t.get("error") for t in summary["trials"])
+    test_key = test_metric(summary)
     rows = []
     for t in sorted(summary["trials"], key=order):
         test = t.get("test") or {}
@@ -173,7 +185,7 @@ def _leaderboard(summary: Mapping[str, Any]) -> str:
             state,
             t["value"],
             *[param(t["params"].get(k)) for k in keys],
-            test.get("accuracy"),
+            test.get(test_key),
             format_duration(t.get("wall_time_s")),
         ]
         if errors:  # a column only when some trial failed: it holds the first line of its error
@@ -181,7 +193,7 @@ def _leaderboard(summary: Mapping[str, Any]) -> str:
         rows.append(row)
     # Dotted names may break after a dot: the table then fits the page's width.
     names = [Markup(html.escape(k).replace(".", ".<wbr>")) for k in keys]
-    headers = ["trial", "state", summary["metric"], *names, "test accuracy", "time"]
+    headers = ["trial", "state", summary["metric"], *names, f"test {test_key}", "time"]
     headers += ["error"] if errors else []
     numeric = [0, 2, len(keys) + 3, len(keys) + 4]
     table = html_table(headers, rows, numeric=numeric)
@@ -197,7 +209,8 @@ def render_search_report(summary: Mapping[str, Any]) -> str:
         items += [(k, f"{v:.3g}" if isinstance(v, float) else v) for k, v in best["params"].items()]
         test = best.get("test") or {}
         if test:
-            items.append(("test accuracy", test.get("accuracy")))
+            key = test_metric(summary)
+            items.append((f"test {key}", test.get(key)))
         config = (summary.get("files") or {}).get("best_config")
         body = key_value_table(items)
         if config:
