@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
+from functools import partial
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -50,6 +52,10 @@ class _Strict(BaseModel):
         return value
 
 
+_unset = partial(operator.is_, None)
+_HF = "a Hugging Face dataset: a saved folder (load_from_disk) or a hub name (load_dataset)"
+
+
 class SourceConfig(_Strict):
     """Where one set of labeled examples comes from: a named real dataset, or a file/folder."""
 
@@ -64,12 +70,17 @@ class SourceConfig(_Strict):
     delimiter: str | None = Field(
         None, min_length=1, max_length=1, description="CSV: the separator (default: detected)"
     )
+    # Unset, these stay out of the dump (and so of the hash of every config older than them).
+    hf_dataset: str | None = Field(None, min_length=1, exclude_if=_unset, description=_HF)
+    image_column: str | None = Field(None, min_length=1, exclude_if=_unset)  # default: image
+    memory: str | None = Field(None, min_length=1, exclude_if=_unset)  # set by fit(train=...)
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceConfig:
-        if (self.dataset is None) == (self.path is None):
+        if sum(x is not None for x in (self.dataset, self.path, self.hf_dataset, self.memory)) != 1:
             raise ValueError(
-                "give exactly one of `dataset` (a named set) or `path` (a file/folder)"
+                "give exactly one of `dataset` (a named set), `path` (a file/folder) or "
+                "`hf_dataset` (a Hugging Face dataset)"
             )
         return self
 
