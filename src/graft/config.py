@@ -378,6 +378,7 @@ class OutputConfig(_Strict):
     tensorboard: bool = Field(
         False, description="TensorBoard event files in RUN_DIR/tensorboard (graftkit[tensorboard])"
     )
+    mlflow: bool | str = Field(False, description="MLflow: true (a store in ./mlruns) or a URI")
 
     @field_validator("tensorboard")
     @classmethod
@@ -517,6 +518,7 @@ MOVED_KEYS = {
     "train.keep_checkpoint": "checkpoint.keep",
     "train.progress": "output.progress",
     "train.tensorboard": "output.tensorboard",
+    "train.mlflow": "output.mlflow",
 }
 
 

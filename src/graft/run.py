@@ -74,6 +74,7 @@ from graft.runtime import (
     stop_on_signals,
 )
 from graft.safe_load import weights_only_loading
+from graft.tracking import tracked, tracker
 from graft.train import TrainState, evaluate, train
 
 
@@ -157,12 +158,19 @@ def fit(
     in_memory = supplied(convert(config, given))  # converted once, checked before any file
     with in_memory, weights_only_loading(), deterministic_mode(config.train.deterministic):
         ranks = ranks_from_environment()
+        name = config.output.name or f"{config.backbone.name}-{config.strategy.name}"
+        track = tracker(config.output.mlflow, config.to_dict(), name)  # None when off
         if ranks is None:
-            return _fit(config, resume, force, quiet, on_epoch)
+            return tracked(track, lambda then: _fit(config, resume, force, quiet, then), on_epoch)
         # Started by torchrun (graft fit --nproc N): one rank of a data-parallel run.
         start(ranks, select_device(config.hardware.device))
         try:
-            return _fit(config, resume, force, quiet or not ranks.main, on_epoch)
+            quiet = quiet or not ranks.main
+            return tracked(
+                track if ranks.main else None,
+                lambda then: _fit(config, resume, force, quiet, then),
+                on_epoch,
+            )
         except dist.DistError as e:
             raise PeerLost(
                 f"rank {ranks.rank}: another rank of this job stopped or cannot be reached "

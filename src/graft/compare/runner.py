@@ -68,6 +68,7 @@ from graft.console import RunLog
 from graft.errors import UsageError
 from graft.rundir import LOG, REPORT, run_state
 from graft.search.study import open_storage
+from graft.tracking import parent_run
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -284,31 +285,34 @@ def run_compare(
         + (f"; joining, {done} finished" if join else "")
         + (f"; {workers} workers, {threads} threads each" if threads else "")
     )
-    if workers > 1 or storage is not None:
-        plan = WorkerPlan(
-            compare_dir=compare_dir,
-            runs=runs,
-            spec_hash=content["spec_hash"],
-            storage_url=storage,
-            join=join,
-            workers=workers,
-            threads=threads,
-            isolate=isolate,
-            verbose=verbose,
-        )
-        if storage is not None:
-            log(f"runs claimed through {plan.where}")
-        ran = run_workers(plan, log)
-        if join:
-            return CompareResult(compare_dir, [], [], None, ran, 0)
-    else:
-        ran = 0
-        for i, run in enumerate(runs, start=1):
-            position = f"[{i}/{len(runs)}]"
-            record = run_one(
-                run, compare_dir, log=log, position=position, isolate=isolate, verbose=verbose
+    # With output.mlflow, every run of the compare is nested under one parent MLflow run.
+    mlflow = (base.get("output") or {}).get("mlflow", False)
+    with parent_run(mlflow, compare_dir.name, base):
+        if workers > 1 or storage is not None:
+            plan = WorkerPlan(
+                compare_dir=compare_dir,
+                runs=runs,
+                spec_hash=content["spec_hash"],
+                storage_url=storage,
+                join=join,
+                workers=workers,
+                threads=threads,
+                isolate=isolate,
+                verbose=verbose,
             )
-            ran += record is not None
+            if storage is not None:
+                log(f"runs claimed through {plan.where}")
+            ran = run_workers(plan, log)
+            if join:
+                return CompareResult(compare_dir, [], [], None, ran, 0)
+        else:
+            ran = 0
+            for i, run in enumerate(runs, start=1):
+                position = f"[{i}/{len(runs)}]"
+                record = run_one(
+                    run, compare_dir, log=log, position=position, isolate=isolate, verbose=verbose
+                )
+                ran += record is not None
     isolated = isolation_record(compare_dir)
     records = [load_record(r, isolated.get(r.name, True)) for r in runs]
     rows = summarize(records)

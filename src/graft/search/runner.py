@@ -61,6 +61,7 @@ from graft.search.study import (
 )
 from graft.search.summary import summarize, write_outputs
 from graft.search.worker import run_workers
+from graft.tracking import parent_run
 
 
 @dataclass
@@ -143,7 +144,9 @@ def search(
     if mode == "new":
         atomic_write_text(search_dir / SEARCH_YAML, Path(config).read_text(encoding="utf-8"))
     _log_start(log, setup, study)
-    run_workers(setup)
+    # With output.mlflow, every trial's run is nested under one parent MLflow run.
+    with parent_run((base.get("output") or {}).get("mlflow", False), search_dir.name, base):
+        run_workers(setup)
     summary = summarize(study, setup)
     summary["wall_time_s"] = time.time() - started
     write_outputs(study, setup, summary, log)
