@@ -223,6 +223,16 @@ def test_one_changed_example_changes_the_fingerprint_and_resume_sees_it(
         fit(run_dir / "config.yaml", resume=run_dir, quiet=True)
     done = fit(config, train=frame, resume=True, quiet=True)
     results = json.loads((done.run_dir / "results.json").read_text())
+    # What a notebook shows: the history as a DataFrame, a compact summary, the report inline.
+    assert done.history["epoch"].tolist() == [1, 2]
+    assert done.history["val_accuracy"].tolist() == [
+        json.loads(line)["val_accuracy"]
+        for line in (done.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    summary = done._repr_html_()
+    accuracy = f"{100 * results['validation']['accuracy']:.2f}%"
+    assert "<table>" in summary and f"<td>validation</td><td>{accuracy}</td>" in summary
+    assert done.report()._repr_html_().startswith("<iframe srcdoc=")
     other = fit({**config, "output": {**config["output"], "name": "changed"}}, train=changed)
     assert other.results["data_fingerprint"] != results["data_fingerprint"]
 

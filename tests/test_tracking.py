@@ -77,7 +77,10 @@ def test_a_compare_nests_its_runs_under_a_parent(
     base = _config(tmp_path, tiny_bert_dir, str(store), "unused")
     base["train"]["epochs"] = 1
     spec = parse_spec({"name": "nested", "strategies": ["linear_probe", "full"], "seeds": 1})
-    run_compare(base, spec, isolate=False, quiet=True)
+    result = run_compare(base, spec, isolate=False, quiet=True)
+    # In a notebook: the leaderboard as a DataFrame and as HTML.
+    assert sorted(result.leaderboard["strategy"]) == ["full", "linear_probe"]
+    assert "<td>linear_probe</td>" in result._repr_html_()
     client = _client(store)
     experiment = client.get_experiment_by_name("graft").experiment_id
     (parent,) = client.search_runs([experiment], "attributes.run_name = 'compare-nested'")

@@ -40,6 +40,7 @@ from graft.errors import DataError, TrainingDiverged
 from graft.features.body import compute_features, head_only
 from graft.inmemory import config_with_data, convert, given_data
 from graft.metrics import classification_metrics, summary_line
+from graft.notebook import InlineReport, fit_html, history_frame
 from graft.pipeline import same_batches
 from graft.prepare import Prepared, prepare
 from graft.recorder import Recorder
@@ -58,6 +59,7 @@ from graft.rundir import (
     LOG,
     METRICS,
     MODEL_DIR,
+    REPORT,
     RESULTS,
     RUN_META,
     STEPS,
@@ -93,6 +95,18 @@ class FitResult:
     def test_accuracy(self) -> float | None:
         test = self.results.get("test")
         return None if test is None else float(test["accuracy"])
+
+    @property
+    def history(self) -> Any:
+        """The per-epoch metrics as a pandas DataFrame, one row per epoch."""
+        return history_frame(self.run_dir)
+
+    def report(self) -> InlineReport:
+        """The run's HTML report, shown inline in a notebook."""
+        return InlineReport(self.run_dir / REPORT)
+
+    def _repr_html_(self) -> str:  # Jupyter shows a result as this compact summary
+        return fit_html(self.run_dir, self.results)
 
 
 def _write_run_meta(run_dir: Path, config: RunConfig, digests: tuple[str, str]) -> None:

@@ -66,6 +66,7 @@ from graft.compare.stats import (
 from graft.compare.workers import WorkerPlan, run_workers
 from graft.console import RunLog
 from graft.errors import UsageError
+from graft.notebook import InlineReport, compare_html, table_frame
 from graft.rundir import LOG, REPORT, run_state
 from graft.search.study import open_storage
 from graft.tracking import parent_run
@@ -85,6 +86,18 @@ class CompareResult:
     report: Path | None
     ran: int  # runs trained (or continued) by this call
     skipped: int  # finished before this call
+
+    @property
+    def leaderboard(self) -> Any:
+        """The summary table (one row per strategy) as a pandas DataFrame."""
+        return table_frame(*summary_table(self.summary))
+
+    def report_inline(self) -> InlineReport | None:
+        """The compare's HTML report, shown inline in a notebook."""
+        return None if self.report is None else InlineReport(self.report)
+
+    def _repr_html_(self) -> str:  # Jupyter shows a result as its leaderboard
+        return compare_html(self.compare_dir, *summary_table(self.summary))
 
 
 def _fmt_stat(s: Stat, pct: bool = True) -> str:
