@@ -28,6 +28,7 @@ import torch
 from conftest import tiny_image_run_config
 from safetensors.torch import load_file
 
+from graft.artifact import load_model
 from graft.data import load_examples
 from graft.data.memory import to_examples
 from graft.errors import DataError, UsageError
@@ -129,6 +130,13 @@ def test_each_text_kind_is_the_run_on_the_csv_file(
     tmp_path: Path, tiny_bert_dir: Path, movies: Any, text_reference: Path
 ) -> None:
     columns = {"text_column": "review", "label_column": "sentiment"}
+    model = load_model(text_reference / "model")
+    texts, labels = movies
+    frame = pd.DataFrame({"text": texts[:5], "label": labels[:5]})
+    assert model.predict(frame) == model.predict(texts[:5])
+    assert model.evaluate(frame) == model.evaluate(
+        load_examples(dataset="vader_movies").subset(range(0, 500, 100))
+    )
     for kind, data in _text_kinds(*movies).items():
         # The column names sit where a file's would, in the config's data.train.
         config = _text_config(tmp_path, tiny_bert_dir, kind, columns)
@@ -193,6 +201,14 @@ def test_each_image_kind_is_the_run_on_idx_files(tmp_path: Path, digits: Any) ->
         del config["data"]["train"]  # a config for in-memory data needs no source
         run = fit(config, train=data, quiet=True)
         _same_run(run.run_dir, reference.run_dir)
+    # A saved model evaluates and predicts in-memory data as it does the files.
+    model = load_model(reference.model_dir)
+    from_files = load_examples(**source)
+    assert model.evaluate((images, ints)) == model.evaluate(from_files)
+    expected = model.predict(from_files.subset(range(4)))
+    assert model.predict(images[:4]) == expected
+    assert model.predict([_png(x) for x in images[:4]]) == expected
+    assert model.predict(kinds["DataFrame-png"].head(4)) == expected
 
 
 @pytest.mark.integration
@@ -306,3 +322,38 @@ def test_to_examples_reads_what_the_files_would() -> None:
     assert (ex.modality, ex.inputs, ex.labels) == ("text", ["one", "two"], ["1", "2"])
     rgba = np.zeros((2, 4, 4, 4), dtype=np.uint8)
     assert to_examples((rgba, ["a", "b"]), "train").inputs.shape == (2, 4, 4, 3)  # type: ignore[union-attr]
+
+
+@pytest.mark.integration
+def test_a_compare_on_in_memory_data_is_the_fit_on_its_file(
+    tmp_path: Path, tiny_bert_dir: Path, movies: Any, text_reference: Path
+) -> None:
+    from graft.compare import run_compare
+    from graft.compare.spec import parse_spec
+
+    texts, labels = movies
+    frame = pd.DataFrame({"review": texts, "sentiment": labels})
+    columns = {"text_column": "review", "label_column": "sentiment"}
+    base = _text_config(tmp_path, tiny_bert_dir, "unused", columns)
+    spec = parse_spec({"name": "memory", "strategies": ["full"], "seeds": 1})
+    result = run_compare(base, spec, isolate=False, quiet=True, train=frame)
+    _same_run(result.compare_dir / "full-seed0", text_reference)
+    (written,) = (result.compare_dir / "data").iterdir()
+    assert written.suffix == ".jsonl"
+    # Other data is another file, so another spec: refused, not mixed with the first runs.
+    with pytest.raises(UsageError, match="holds a different compare"):
+        run_compare(base, spec, isolate=False, quiet=True, train=frame.iloc[1:])
+
+
+def test_compare_files_of_in_memory_images_read_back_the_same(tmp_path: Path, digits: Any) -> None:
+    from graft.compare.given import with_files, write_files
+
+    images, labels = digits
+    base = tiny_image_run_config({}, tmp_path)
+    del base["data"]["train"]
+    data, files = with_files(base, {"train": (images, labels)}, tmp_path / "compare-x")
+    write_files(files)
+    back = load_examples(**data["data"]["train"])
+    assert np.array_equal(back.inputs, images) and back.labels == labels
+    with pytest.raises(UsageError, match=r"train: a compare takes images .* integer labels"):
+        with_files(base, {"train": (images, ["cat"] * len(images))}, tmp_path / "compare-y")

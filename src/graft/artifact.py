@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from graft.atomic import atomic_write, atomic_write_text
+from graft.data.memory import to_examples, unlabeled_examples
 from graft.data.types import Examples, LabelMap
 from graft.errors import DataError, GraftError, UsageError
 from graft.models import Backbone, rebuild
@@ -132,6 +133,11 @@ class Predictor(ABC):
                     hint=f"give {self.modality} data, or a {inputs.modality} model",
                 )
             return inputs
+        held = not isinstance(inputs, str | Path | Sequence)  # an array, a DataFrame, ...
+        if held or (
+            self.modality == "image" and not all(isinstance(x, str | Path) for x in inputs)
+        ):
+            return unlabeled_examples(inputs, "inputs", self.modality)  # images held in memory
         if isinstance(inputs, str | Path) or not isinstance(inputs, Sequence):
             raise UsageError(
                 "predict takes a list of inputs (texts or image paths) or Examples, "
@@ -151,15 +157,13 @@ class Predictor(ABC):
             return Examples("text", texts, ["?"] * len(texts), "inputs")
         return Examples("image", [Path(x) for x in items], ["?"] * len(items), "inputs")
 
-    def evaluate(self, examples: Examples, batch_size: int = 64) -> dict[str, Any]:
-        """Classification metrics on labeled examples (labels must be among the model's)."""
+    def evaluate(self, examples: Examples | Any, batch_size: int = 64) -> dict[str, Any]:
+        """Classification metrics on labeled examples (labels must be among the model's):
+        :class:`Examples`, or data held in memory as ``graft.fit(train=...)`` takes it."""
         from graft.metrics import classification_metrics
 
-        if not isinstance(examples, Examples):
-            raise UsageError(
-                f"evaluate takes labeled Examples, not {type(examples).__name__}",
-                hint="e.g. graft.data.load_examples(path=...)",
-            )
+        if not isinstance(examples, Examples):  # a DataFrame, (images, labels), a Dataset ...
+            examples = to_examples(examples, "evaluate")
         examples = self.examples(examples)  # of this model's kind
         targets = self.label_map.encode(examples.labels, examples.origin)
         logits = self.logits(examples, batch_size)
@@ -168,9 +172,10 @@ class Predictor(ABC):
         return classification_metrics(targets, preds, list(self.label_map.names), loss=loss)
 
     def predict(
-        self, examples: Examples | Sequence[str | Path], precision: Precision = "fp32"
+        self, examples: Examples | Sequence[str | Path] | Any, precision: Precision = "fp32"
     ) -> list[dict[str, Any]]:
-        """Per input (texts or image paths, or :class:`Examples`): the predicted label, its
+        """Per input (texts or image paths, images held in memory: an array N×H×W[×C], a
+        DataFrame's "text" or "image" column, or :class:`Examples`): the predicted label, its
         probability, and all class probabilities; computed under ``precision``."""
         probs = self.logits(self.examples(examples), precision=precision).softmax(1).numpy()
         best = probs.argmax(1)

@@ -66,14 +66,17 @@ def given_data(extra_eval: Mapping[str, Any] | None = None, **sets: Any) -> dict
     return given
 
 
-def _with_placeholders(data: dict[str, Any], given: Mapping[str, Any]) -> None:
-    """Each given set's source in the config mapping becomes ``{memory: NAME}``."""
+def replace_sources(
+    data: dict[str, Any], sources: Mapping[str, dict[str, Any]], kept: tuple[str, ...] = _KEPT
+) -> None:
+    """Put ``sources`` (by set name: "train", "extra_eval.shifted") into the config mapping
+    ``data``; of each source replaced, the ``kept`` keys stay (the column names)."""
     section = data.setdefault("data", {})
     if section is None:
         section = data["data"] = {}
     if not isinstance(section, dict):
         raise UsageError("data: is not a section of the config")
-    for name in given:
+    for name, source in sources.items():
         node, key = section, name
         if name.startswith("extra_eval."):
             key = name.split(".", 1)[1]
@@ -81,8 +84,7 @@ def _with_placeholders(data: dict[str, Any], given: Mapping[str, Any]) -> None:
                 section["extra_eval"] = {}
             node = section["extra_eval"]
         old = node.get(key)
-        kept = {k: old[k] for k in _KEPT if isinstance(old, dict) and k in old}
-        node[key] = {**kept, "memory": name}
+        node[key] = {**{k: old[k] for k in kept if isinstance(old, dict) and k in old}, **source}
 
 
 def config_with_data(
@@ -110,7 +112,7 @@ def config_with_data(
         )
     for override in overrides:
         apply_override(data, override)
-    _with_placeholders(data, given)
+    replace_sources(data, {name: {"memory": name} for name in given})
     return validate(data, origin=origin)
 
 

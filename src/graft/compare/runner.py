@@ -43,6 +43,7 @@ import yaml
 
 from graft.atomic import atomic_write_text, check_writable_dir
 from graft.compare.execute import isolation_record, load_record, run_one
+from graft.compare.given import with_files, write_files
 from graft.compare.spec import (
     MANIFEST,
     CompareSpec,
@@ -66,6 +67,7 @@ from graft.compare.stats import (
 from graft.compare.workers import WorkerPlan, run_workers
 from graft.console import RunLog
 from graft.errors import UsageError
+from graft.inmemory import given_data
 from graft.notebook import InlineReport, compare_html, table_frame
 from graft.rundir import LOG, REPORT, run_state
 from graft.search.study import open_storage
@@ -258,8 +260,16 @@ def run_compare(
     workers: int = 1,
     storage: str | None = None,
     join: bool = False,
+    train: Any = None,
+    validation: Any = None,
+    test: Any = None,
+    extra_eval: Mapping[str, Any] | None = None,
 ) -> CompareResult:
     """Plan every strategy × seed, run those not finished yet, summarize, write the report.
+
+    ``train``, ``validation``, ``test`` and ``extra_eval`` take data held in memory, as
+    :func:`graft.fit` does; it is written into the compare directory (texts as JSON Lines,
+    image arrays as IDX files) and the runs read it from there (:mod:`graft.compare.given`).
 
     ``base`` is the run config mapping (without ``compare:``). ``resume=True`` insists that the
     compare directory already exists; without it an existing directory of the same spec is
@@ -275,6 +285,8 @@ def run_compare(
     log = RunLog(quiet=quiet)
     compare_dir = compare_dir_for(base, spec, default_name)
     check_writable_dir(compare_dir, "output.dir")
+    given = given_data(extra_eval, train=train, validation=validation, test=test)
+    base, data_files = with_files(base, given, compare_dir) if given else (base, {})
     runs = plan_runs(base, spec, compare_dir, source)  # every config checked before any run
     content = manifest(spec, runs, source)
     if join and not (compare_dir / MANIFEST).is_file():
@@ -286,6 +298,7 @@ def run_compare(
     if storage is not None:
         open_storage(storage)  # a bad URL is refused before the compare directory exists
     resumed = open_compare_dir(compare_dir, content, resume or join)
+    write_files(data_files)
     log.attach(compare_dir / LOG)
     states = {r.name: run_state(r.run_dir) for r in runs}
     done = sum(s == "done" for s in states.values())

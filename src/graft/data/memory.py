@@ -411,3 +411,39 @@ def _one_image(value: Any, origin: str, where: str) -> np.ndarray:
         f"{origin}: {where}: a {type(value).__name__} is not an image",
         hint="give image file paths, encoded bytes (PNG, JPEG ...), PIL images or uint8 arrays",
     )
+
+
+def unlabeled_examples(data: Any, name: str, modality: str) -> Examples:
+    """Inputs without labels, for a ``modality`` model's predictions: a DataFrame's or a Hugging
+    Face ``Dataset``'s "text" (or "image") column, an image array or tensor (N×H×W[×C]), or a
+    list of images held in memory. Their labels are "?" (never read)."""
+    kind = type(data).__module__.split(".")[0]
+    column = "text" if modality == "text" else IMAGE_COLUMN
+    if (kind == "pandas" and hasattr(data, "columns")) or kind == "datasets":
+        table = _DataFrameTable(data) if kind == "pandas" else _HFTable(data)
+        if column not in table.columns():
+            kind_name = "text" if modality == "text" else "image"
+            raise DataError(
+                _no_column(
+                    f"{name} {type(data).__name__}",
+                    kind_name,
+                    column,
+                    table.columns(),
+                    "a column of that name",
+                )
+            )
+        values: Any = table.column(column)
+    elif isinstance(data, np.ndarray) and data.dtype.kind in "OUS":
+        values = data.tolist()
+    elif isinstance(data, np.ndarray) or _is_tensor(data):
+        images = _image_array(data, f"{name} images")
+        return Examples("image", images, ["?"] * len(images), name)
+    else:
+        values = list(data)
+    if not values:
+        raise UsageError("nothing to predict: no inputs were given")
+    if modality == "text":
+        texts = _texts(values, name, "inputs")
+        return Examples("text", texts, ["?"] * len(texts), name)
+    images_or_paths = _images(values, name, "inputs")
+    return Examples("image", images_or_paths, ["?"] * len(images_or_paths), name)
