@@ -346,7 +346,7 @@ def test_a_compare_on_in_memory_data_is_the_fit_on_its_file(
 
 
 def test_compare_files_of_in_memory_images_read_back_the_same(tmp_path: Path, digits: Any) -> None:
-    from graft.compare.given import with_files, write_files
+    from graft.memory_files import with_files, write_files
 
     images, labels = digits
     base = tiny_image_run_config({}, tmp_path)
@@ -357,3 +357,25 @@ def test_compare_files_of_in_memory_images_read_back_the_same(tmp_path: Path, di
     assert np.array_equal(back.inputs, images) and back.labels == labels
     with pytest.raises(UsageError, match=r"train: a compare takes images .* integer labels"):
         with_files(base, {"train": (images, ["cat"] * len(images))}, tmp_path / "compare-y")
+
+
+@pytest.mark.integration
+def test_a_search_on_in_memory_data_reads_the_same_data(
+    tmp_path: Path, tiny_bert_dir: Path, movies: Any, text_reference: Path
+) -> None:
+    from conftest import write_yaml
+
+    from graft.search.runner import search
+
+    texts, labels = movies
+    frame = pd.DataFrame({"review": texts, "sentiment": labels})
+    columns = {"text_column": "review", "label_column": "sentiment"}
+    config = _text_config(tmp_path, tiny_bert_dir, "unused", columns)
+    config["search"] = {
+        "space": {"optim.lr": {"type": "categorical", "choices": [1e-3]}},
+        "n_trials": 1,
+        "sampler": "grid",
+    }
+    result = search(write_yaml(tmp_path / "s.yaml", config), quiet=True, train=frame)
+    (trial,) = sorted(result.search_dir.glob("trial-*"))
+    _same_run(trial, text_reference)  # the same data, and lr 1e-3 as the reference's

@@ -43,7 +43,6 @@ import yaml
 
 from graft.atomic import atomic_write_text, check_writable_dir
 from graft.compare.execute import isolation_record, load_record, run_one
-from graft.compare.given import with_files, write_files
 from graft.compare.spec import (
     MANIFEST,
     CompareSpec,
@@ -68,6 +67,7 @@ from graft.compare.workers import WorkerPlan, run_workers
 from graft.console import RunLog
 from graft.errors import UsageError
 from graft.inmemory import given_data
+from graft.memory_files import with_files, write_files
 from graft.notebook import InlineReport, compare_html, table_frame
 from graft.rundir import LOG, REPORT, run_state
 from graft.search.study import open_storage
@@ -269,7 +269,7 @@ def run_compare(
 
     ``train``, ``validation``, ``test`` and ``extra_eval`` take data held in memory, as
     :func:`graft.fit` does; it is written into the compare directory (texts as JSON Lines,
-    image arrays as IDX files) and the runs read it from there (:mod:`graft.compare.given`).
+    image arrays as IDX files) and the runs read it from there (:mod:`graft.memory_files`).
 
     ``base`` is the run config mapping (without ``compare:``). ``resume=True`` insists that the
     compare directory already exists; without it an existing directory of the same spec is
