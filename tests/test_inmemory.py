@@ -160,6 +160,11 @@ def test_hf_dataset_source_from_disk_is_the_run_on_the_csv_file(
     source |= {"text_column": "review", "label_column": "sentiment"}
     run = fit(_text_config(tmp_path, tiny_bert_dir, "hf", source), quiet=True).run_dir
     _same_run(run, text_reference)
+    # A hub name, offline (as every test is): one line naming the field, nothing written.
+    hub = _text_config(tmp_path / "hub", tiny_bert_dir, "x", {"hf_dataset": "graft-tests/absent"})
+    with pytest.raises(DataError, match=r"^data\.train: cannot load the Hugging Face dataset"):
+        fit(hub, quiet=True)
+    assert not (tmp_path / "hub").exists()
     # A split the saved dataset does not have: named, with the ones it has.
     with pytest.raises(DataError, match=r"data\.train: .*no split 'test' \(splits: 'train'\)"):
         fit(_text_config(tmp_path, tiny_bert_dir, "x", {**source, "split": "test"}), quiet=True)
@@ -201,6 +206,20 @@ def test_each_image_kind_is_the_run_on_idx_files(tmp_path: Path, digits: Any) ->
         del config["data"]["train"]  # a config for in-memory data needs no source
         run = fit(config, train=data, quiet=True)
         _same_run(run.run_dir, reference.run_dir)
+    # Image paths in a DataFrame: the run on the image folder they are in.
+    folder = tmp_path / "folder"
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        (folder / label / f"{i:03d}.png").write_bytes(_png(image))
+    from_folder = load_examples(path=str(folder))
+    folder_config = tiny_image_run_config({"path": str(folder)}, tmp_path, output={"name": "f"})
+    by_folder = fit(folder_config, quiet=True)
+    paths = pd.DataFrame(
+        {"image": [str(p) for p in from_folder.inputs], "label": from_folder.labels}
+    )
+    config = tiny_image_run_config({}, tmp_path, output={"name": "paths"})
+    del config["data"]["train"]
+    _same_run(fit(config, train=paths, quiet=True).run_dir, by_folder.run_dir)
     # A saved model evaluates and predicts in-memory data as it does the files.
     model = load_model(reference.model_dir)
     from_files = load_examples(**source)

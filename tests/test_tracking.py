@@ -100,3 +100,28 @@ def test_a_store_that_cannot_be_written_is_refused_before_anything(
     with pytest.raises(UsageError, match=r"^output\.mlflow: .* is a file, not a folder"):
         fit(config, quiet=True)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.integration
+def test_a_search_nests_its_trials_under_a_parent(
+    tmp_path: Path, tiny_bert_dir: Path, store: Path
+) -> None:
+    from conftest import write_yaml
+
+    from graft.search.runner import search
+
+    config = _config(tmp_path, tiny_bert_dir, str(store), "unused")
+    config["train"]["epochs"] = 1
+    config["search"] = {
+        "space": {"optim.lr": {"type": "categorical", "choices": [1e-3, 1e-2]}},
+        "n_trials": 2,
+        "sampler": "grid",
+    }
+    search(write_yaml(tmp_path / "nested.yaml", config), quiet=True)
+    client = _client(store)
+    experiment = client.get_experiment_by_name("graft").experiment_id
+    (parent,) = client.search_runs([experiment], "attributes.run_name = 'search-nested'")
+    children = client.search_runs(
+        [experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted(r.data.params["optim.lr"] for r in children) == ["0.001", "0.01"]
