@@ -398,3 +398,25 @@ def test_a_search_on_in_memory_data_reads_the_same_data(
     result = search(write_yaml(tmp_path / "s.yaml", config), quiet=True, train=frame)
     (trial,) = sorted(result.search_dir.glob("trial-*"))
     _same_run(trial, text_reference)  # the same data, and lr 1e-3 as the reference's
+
+
+@pytest.mark.integration
+def test_an_unlabeled_target_in_memory_is_the_run_on_its_file(
+    tmp_path: Path, tiny_bert_dir: Path, movies: Any
+) -> None:
+    tweets = load_examples(dataset="vader_tweets").subset(range(0, 4000, 100))
+    target = tmp_path / "target.csv"
+    with target.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(
+            [["text", "label"], *zip(tweets.inputs, tweets.labels, strict=True)]
+        )
+    config = _text_config(tmp_path, tiny_bert_dir, "file", {"dataset": "vader_movies"})
+    config["data"] |= {"train_size": 48, "val_size": 16, "test_size": 16}
+    config["data"]["target_unlabeled"] = {"path": str(target)}
+    config["adapt"] = {"method": "entropy"}
+    by_file = fit(config, quiet=True).run_dir
+    del config["data"]["target_unlabeled"]
+    config["output"]["name"] = "memory"
+    # Its labels are never read: texts alone will do.
+    run = fit(config, target_unlabeled=list(tweets.inputs), quiet=True).run_dir
+    _same_run(run, by_file)

@@ -135,5 +135,6 @@ def convert(config: RunConfig, given: Mapping[str, Any]) -> dict[str, Examples]:
             text_column=src.text_column,
             label_column=src.label_column,
             image_column=src.image_column,
+            labeled=name != "target_unlabeled",  # its labels are never read
         )
     return out

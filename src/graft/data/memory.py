@@ -82,19 +82,21 @@ def to_examples(
     text_column: str = "text",
     label_column: str = "label",
     image_column: str | None = None,
+    labeled: bool = True,
 ) -> Examples:
     """``data`` (see :data:`KINDS`) as examples; ``name`` ("train", "extra_eval.shifted") names it
     in errors. Table-like data (a DataFrame, a Hugging Face ``Dataset``) is read from
-    ``text_column`` (or ``image_column``, "image" by default, for images) and ``label_column``."""
+    ``text_column`` (or ``image_column``, "image" by default, for images) and ``label_column``.
+    Not ``labeled`` (a set whose labels are never read): inputs alone will do (a table without
+    the label column, a list of inputs, an image array), their labels empty."""
     kind = type(data).__module__.split(".")[0]
+    columns = (text_column, label_column, image_column, labeled)
     if kind == "pandas" and hasattr(data, "columns"):
-        return _from_table(
-            _DataFrameTable(data), f"{name} DataFrame", text_column, label_column, image_column
-        )
+        return _from_table(_DataFrameTable(data), f"{name} DataFrame", *columns)
     if kind == "datasets" and type(data).__name__ == "Dataset":
-        return _from_table(
-            _HFTable(data), f"{name} Dataset", text_column, label_column, image_column
-        )
+        return _from_table(_HFTable(data), f"{name} Dataset", *columns)
+    if not labeled and _inputs_only(data):
+        return _from_pair(data, None, name)
     if kind == "datasets" and type(data).__name__ == "DatasetDict":
         raise UsageError(
             f"{name}: a DatasetDict holds several splits ({', '.join(data)}); give one split",
@@ -115,6 +117,15 @@ def to_examples(
     raise UsageError(
         f"{name}: cannot read data of type {type(data).__name__}", hint=f"give {KINDS}"
     )
+
+
+def _inputs_only(data: Any) -> bool:
+    """Inputs without labels: an image array or tensor, or a list that is not of pairs."""
+    if isinstance(data, np.ndarray) or _is_tensor(data):
+        return True
+    if not isinstance(data, list):
+        return False
+    return not (data and isinstance(data[0], tuple | list) and len(data[0]) == 2)
 
 
 def _is_torch_dataset(data: Any) -> bool:
@@ -184,6 +195,7 @@ def _from_table(
     text_column: str,
     label_column: str,
     image_column: str | None,
+    labeled: bool = True,
 ) -> Examples:
     present = table.columns()
     if image_column is not None or text_column not in present:
@@ -197,12 +209,15 @@ def _from_table(
         modality = "image"
     else:
         column, modality = text_column, "text"
-    if label_column not in present:
-        raise DataError(_no_column(origin, "label", label_column, present, "label_column"))
     values = table.column(column)
-    labels = _labels(
-        table.column(label_column), origin, label_column, table.label_names(label_column)
-    )
+    if label_column in present:
+        labels = _labels(
+            table.column(label_column), origin, label_column, table.label_names(label_column)
+        )
+    elif labeled:
+        raise DataError(_no_column(origin, "label", label_column, present, "label_column"))
+    else:
+        labels = [""] * len(values)
     if not values:
         raise DataError(f"{origin}: no rows", hint="expected one labeled example per row")
     if modality == "text":
@@ -211,16 +226,21 @@ def _from_table(
 
 
 def _from_pair(inputs: Any, labels: Any, name: str) -> Examples:
+    """``labels`` None: inputs alone (their labels empty: a set whose labels are never read)."""
     origin = name
-    n_in, n_lab = _length(inputs, f"{name} inputs"), _length(labels, f"{name} labels")
-    if n_in != n_lab:
-        raise DataError(
-            f"{name}: {n_in:,} inputs but {n_lab:,} labels",
-            hint="the inputs and the labels must be the same length, one label per input",
-        )
+    n_in = _length(inputs, f"{name} inputs")
     if n_in == 0:
         raise DataError(f"{name}: no examples")
-    names = _labels(_as_list(labels), origin, "labels", None)
+    if labels is None:
+        names = [""] * n_in
+    else:
+        n_lab = _length(labels, f"{name} labels")
+        if n_in != n_lab:
+            raise DataError(
+                f"{name}: {n_in:,} inputs but {n_lab:,} labels",
+                hint="the inputs and the labels must be the same length, one label per input",
+            )
+        names = _labels(_as_list(labels), origin, "labels", None)
     if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "OUS":
         inputs = inputs.tolist()
     if isinstance(inputs, np.ndarray) or _is_tensor(inputs):
