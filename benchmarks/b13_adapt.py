@@ -39,6 +39,9 @@ METHODS = {  # label: overrides (the literature's usual weights)
     "mcc": {"adapt.method": "mcc", "adapt.weight": 1.0},
     "self_training": {"adapt.method": "self_training", "adapt.weight": 1.0},
     "dann": {"adapt.method": "dann", "adapt.weight": 1.0},
+    # λ's usual range for a pretrained transformer (λ → 1 destabilised MiniLM, see the results)
+    "dann_0.1": {"adapt.method": "dann", "adapt.weight": 0.1},
+    "dann_0.3": {"adapt.method": "dann", "adapt.weight": 0.3},
 }
 SIZES = {"source": 1000, "pool": 1000, "test": 1000}
 

@@ -112,6 +112,7 @@ def _literal(model: Any, field: str) -> tuple[str, ...]:
 def test_config_name_lists_are_their_registries() -> None:
     from graft.augment import PRESETS
     from graft.config import (
+        TASK_LOSSES,
         BackboneConfig,
         DataConfig,
         InitConfig,
@@ -122,14 +123,19 @@ def test_config_name_lists_are_their_registries() -> None:
     )
     from graft.data.sources import FORMATS
     from graft.init import HEAD_INITS
-    from graft.losses import LOSSES
+    from graft.losses import LOSSES, MULTILABEL_LOSSES, REGRESSION_LOSSES
     from graft.models import families
     from graft.optim import OPTIMIZERS, SCHEDULES
 
     assert set(_literal(OptimConfig, "name")) == set(OPTIMIZERS)
     assert set(_literal(ScheduleConfig, "name")) == set(SCHEDULES)
     assert set(_literal(DataConfig, "augment")) == set(PRESETS)
-    assert set(_literal(LossConfig, "name")) == set(LOSSES)
+    assert set(_literal(LossConfig, "name")) == {*LOSSES, *REGRESSION_LOSSES, *MULTILABEL_LOSSES}
+    assert TASK_LOSSES == {
+        "classification": LOSSES,
+        "regression": REGRESSION_LOSSES,
+        "multilabel": MULTILABEL_LOSSES,
+    }
     assert set(_literal(SourceConfig, "format")) == set(FORMATS)
     # "default" keeps the head as built; "linear_probe" fits it on cached features (prepare).
     assert set(_literal(InitConfig, "head")) == {"default", "linear_probe", *HEAD_INITS}

@@ -1,4 +1,5 @@
-"""Every registered backbone family × every registered strategy, trained for real.
+"""Every registered backbone family × every registered strategy × each task (classification,
+regression, multi-label), trained for real.
 
 After a short run, exactly the parameters that some phase of the plan trains have changed, and
 every other parameter is bit-identical. A new family (via conftest's tiny instances) or a new
@@ -14,11 +15,15 @@ import pytest
 import torch
 from conftest import ALL_TINY, NUM_CLASSES, Tiny, build_tiny, random_examples
 
+from graft.data.targets import Standardizer
+from graft.data.types import LabelMap
+from graft.losses import MultiLabelLoss, RegressionLoss
 from graft.optim import OptimizerFactory, ScheduleFactory
 from graft.pipeline import Loaders
 from graft.strategies import build_plan, strategies
 from graft.strategies.plan import Plan
-from graft.train import Hooks, LoopSettings, apply_phase, train
+from graft.tasks import MultiLabel, Regression
+from graft.train import Hooks, LoopSettings, Objective, apply_phase, train
 
 LABELS = ["a", "b", "c"][:NUM_CLASSES]
 # `custom` has no defaults (its phases are the config); it is exercised in test_plans.py.
@@ -54,13 +59,15 @@ def expected_to_train(strategy: str, backbone: Any) -> set[str]:
     raise AssertionError(f"no expectation written for strategy {strategy!r}")
 
 
+@pytest.mark.parametrize("task", ["classification", "regression", "multilabel"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("tiny", ALL_TINY, ids=lambda t: t.id)
 def test_only_planned_parameters_change(
-    tiny: Tiny, strategy: str, request: pytest.FixtureRequest
+    tiny: Tiny, strategy: str, task: str, request: pytest.FixtureRequest
 ) -> None:
     bert = request.getfixturevalue("tiny_bert_dir") if tiny.family == "hf" else None
-    backbone = build_tiny(tiny, bert)
+    regression, multilabel = task == "regression", task == "multilabel"
+    backbone = build_tiny(tiny, bert, num_classes=1 if regression else NUM_CLASSES)
     plan = build_plan(strategy, {}, groups=backbone.group_names(), epochs=1)
     expected = expected_to_train(strategy, backbone)
     by_id = {id(p): n for n, p in backbone.model.named_parameters()}
@@ -80,11 +87,24 @@ def test_only_planned_parameters_change(
     codes = {n: i for i, n in enumerate(LABELS)}
 
     def targets(ex: Any) -> np.ndarray:
+        if regression:  # a number per example (its class index, standardised-ish)
+            return np.array([codes[y] - 1.0 for y in ex.labels], dtype=np.float32)
+        if multilabel:  # its class and the next one present
+            rows = np.zeros((len(ex), NUM_CLASSES), dtype=np.float32)
+            for i, y in enumerate(ex.labels):
+                rows[i, [codes[y], (codes[y] + 1) % NUM_CLASSES]] = 1.0
+            return rows
         return np.array([codes[y] for y in ex.labels], dtype=np.int64)
 
     settings = LoopSettings(
         optimizer=OptimizerFactory("adamw", lr=1e-2, weight_decay=0.01),
         schedule=ScheduleFactory("constant"),
+        task=Regression(LabelMap(("y",)), Standardizer(0.0, 1.0))
+        if regression
+        else MultiLabel(LabelMap(tuple(LABELS)))
+        if multilabel
+        else None,
+        metric="rmse" if regression else "map" if multilabel else "accuracy",
     )
     train(
         backbone.model,
@@ -95,6 +115,11 @@ def test_only_planned_parameters_change(
         LABELS,
         settings,
         Hooks(),
+        objective=Objective(RegressionLoss("mse"))
+        if regression
+        else Objective(MultiLabelLoss())
+        if multilabel
+        else None,
     )
     for name, p in backbone.model.named_parameters():
         if name in expected:

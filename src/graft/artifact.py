@@ -18,6 +18,7 @@ import torch
 
 from graft.atomic import atomic_write, atomic_write_text
 from graft.data.memory import to_examples, unlabeled_examples
+from graft.data.targets import Standardizer
 from graft.data.types import Examples, LabelMap
 from graft.errors import DataError, GraftError, UsageError
 from graft.models import Backbone, rebuild
@@ -26,6 +27,7 @@ from graft.models.hf_backbone import save_tokenizer
 from graft.models.shapes import apply_shapes
 from graft.runtime import Precision
 from graft.safe_load import require_finite, weights_mismatch, weights_only_loading
+from graft.tasks import Classification, MultiLabel, Regression, Task
 
 WEIGHTS = "model.safetensors"
 META = "graft_model.json"
@@ -40,10 +42,13 @@ def save_model(
     plan: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    task: Task | None = None,
 ) -> None:
     """Write the model folder; the JSON is written last, so a folder with a JSON is complete.
     ``provenance``: the run's ``config_hash`` and ``data_fingerprint`` (and, for a merged
-    model, how it was made: its α curve, its soup's ingredients), stored in the JSON."""
+    model, how it was made: its α curve, its soup's ingredients), stored in the JSON.
+    ``task``: what the outputs mean, kept beside them (a regression's target standardisation,
+    a multi-label model's thresholds); a classifier's needs nothing more than its labels."""
     from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -59,6 +64,7 @@ def save_model(
         "plan": plan,
         "metrics": metrics or {},
         **({"shapes": backbone.shapes} if backbone.shapes else {}),
+        **task_meta(task),
         **(provenance or {}),
     }
     atomic_write_text(folder / META, json.dumps(meta, indent=1))
@@ -99,6 +105,16 @@ class Predictor(ABC):
         precision: Precision = "fp32",
     ) -> torch.Tensor:
         """The logits of ``examples``, in their order (float32, on the CPU)."""
+
+    @property
+    def task(self) -> Task:
+        """What the outputs mean: classes, a regression's standardised value, or labels each
+        present or not (with the thresholds chosen on the run's validation set)."""
+        if self.meta.get("task") == "regression":
+            return Regression(self.label_map, Standardizer.from_dict(self.meta["target"]))
+        if self.meta.get("task") == "multilabel":
+            return MultiLabel(self.label_map, tuple(self.meta["thresholds"]))
+        return Classification(self.label_map)
 
     def loader(self, examples: Examples, batch_size: int) -> Any:
         """Batches of ``examples`` from graft's pipeline with this model's preprocessing; texts
@@ -158,25 +174,40 @@ class Predictor(ABC):
         return Examples("image", [Path(x) for x in items], ["?"] * len(items), "inputs")
 
     def evaluate(self, examples: Examples | Any, batch_size: int = 64) -> dict[str, Any]:
-        """Classification metrics on labeled examples (labels must be among the model's):
-        :class:`Examples`, or data held in memory as ``graft.fit(train=...)`` takes it."""
-        from graft.metrics import classification_metrics
-
+        """The task's metrics on labeled examples (labels must be among the model's classes;
+        a regression's must be numbers): :class:`Examples`, or data held in memory as
+        ``graft.fit(train=...)`` takes it."""
         if not isinstance(examples, Examples):  # a DataFrame, (images, labels), a Dataset ...
             examples = to_examples(examples, "evaluate")
         examples = self.examples(examples)  # of this model's kind
-        targets = self.label_map.encode(examples.labels, examples.origin)
+        task = self.task
+        targets = task.targets(examples)
         logits = self.logits(examples, batch_size)
-        loss = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets)))
-        preds = logits.argmax(1).numpy()
-        return classification_metrics(targets, preds, list(self.label_map.names), loss=loss)
+        loss = task.eval_loss(logits, torch.from_numpy(targets))
+        return task.metrics(logits, targets, loss)
 
     def predict(
         self, examples: Examples | Sequence[str | Path] | Any, precision: Precision = "fp32"
     ) -> list[dict[str, Any]]:
         """Per input (texts or image paths, images held in memory: an array N×H×W[×C], a
         DataFrame's "text" or "image" column, or :class:`Examples`): the predicted label, its
-        probability, and all class probabilities; computed under ``precision``."""
+        probability, and all class probabilities; computed under ``precision``. A regression
+        model's: ``{"value": number}`` in the targets' units."""
+        task = self.task
+        if isinstance(task, Regression):
+            outputs = self.logits(self.examples(examples), precision=precision)
+            return [{"value": float(v)} for v in task.predict(outputs)]
+        if isinstance(task, MultiLabel):
+            probs = task.probabilities(self.logits(self.examples(examples), precision=precision))
+            names = self.label_map.names
+            limits = task.thresholds or (0.5,) * len(names)
+            return [
+                {
+                    "labels": [n for n, p, t in zip(names, row, limits, strict=True) if p >= t],
+                    "probabilities": {n: float(p) for n, p in zip(names, row, strict=True)},
+                }
+                for row in probs
+            ]
         probs = self.logits(self.examples(examples), precision=precision).softmax(1).numpy()
         best = probs.argmax(1)
         return [
@@ -241,6 +272,25 @@ def load_model(folder: str | Path) -> LoadedModel:
     Every ``torch.load`` on the way is weights-only (see :mod:`graft.safe_load`)."""
     with weights_only_loading():
         return _load_model(Path(folder))
+
+
+def task_meta(task: Task | None) -> dict[str, Any]:
+    """What ``graft_model.json`` keeps of a task beyond the labels."""
+    if isinstance(task, Regression):
+        return {"task": "regression", "target": task.scale.to_dict()}
+    if isinstance(task, MultiLabel):
+        return {"task": "multilabel", "thresholds": list(task.thresholds or ())}
+    return {}
+
+
+def require_classifier(model: Predictor, command: str) -> None:
+    """Refuse a regression model where only classifiers are handled yet (say which command)."""
+    if model.task.kind != "classification":
+        raise UsageError(
+            f"{model.folder}: a {model.task.kind} model; {command} handles classifiers only "
+            "(not yet regression)",
+            hint="graft eval and graft predict take regression models",
+        )
 
 
 def not_a_model_folder(folder: Path) -> DataError:

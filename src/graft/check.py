@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graft.compare.spec import PlannedRun, compare_dir_for, load_compare, plan_runs
-from graft.config import RunConfig, load_config, read_yaml
+from graft.config import RunConfig, load_config
 from graft.console import RunLog
 from graft.phases import apply_phase, group_table
 from graft.prepare import Prepared, prepare
 from graft.safe_load import weights_only_loading
 from graft.strategies import build_plan
 from graft.strategies.plan import Plan
+from graft.yaml_file import read_yaml
 
 
 @dataclass

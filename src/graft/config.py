@@ -27,7 +27,10 @@ from pydantic import (
     model_validator,
 )
 
+from graft.config_errors import MOVED_KEYS as MOVED_KEYS  # re-exported: tests list them
+from graft.config_errors import format_errors, moved_keys
 from graft.errors import UsageError
+from graft.yaml_file import read_yaml
 
 
 def _takes_numbers(annotation: Any) -> bool:
@@ -235,13 +238,34 @@ class ScheduleConfig(_Strict):
         return {k: v for k, v in self.model_dump().items() if k not in general and v is not None}
 
 
-class LossConfig(_Strict):
-    """The training loss (validation loss is always plain cross-entropy, comparable across runs)."""
+#: Losses per task; the first is the task's default.
+TASK_LOSSES = {
+    "classification": ("cross_entropy", "focal"),
+    "regression": ("mse", "huber", "l1"),
+    "multilabel": ("bce",),
+}
+#: Selection metrics per task (``loss`` suits both); the first is the task's default.
+TASK_METRICS = {
+    "classification": ("accuracy", "macro_f1"),
+    "regression": ("rmse", "mae", "r2", "spearman"),
+    "multilabel": ("map", "micro_f1", "macro_f1", "subset_accuracy"),
+}
 
-    name: Literal["cross_entropy", "focal"] = "cross_entropy"
+
+class LossConfig(_Strict):
+    """The training loss (the validation loss is always the task's plain loss: cross-entropy,
+    or the mean squared error of standardised targets; comparable across runs)."""
+
+    name: Literal["cross_entropy", "focal", "mse", "huber", "l1", "bce"] = "cross_entropy"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weights: Literal["none", "inverse", "effective_number"] | list[float] = "none"
     focal_gamma: float = Field(2.0, ge=0)
+    huber_delta: float = Field(
+        1.0, gt=0, description="huber: where the loss turns linear (standardised units)"
+    )
+    pos_weight: Literal["none", "balanced"] | list[float] = Field(
+        "none", description="bce: each label's positive weight (balanced: negatives/positives)"
+    )
 
 
 class RegularizeConfig(_Strict):
@@ -323,7 +347,18 @@ class TrainConfig(_Strict):
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     max_grad_norm: float | None = Field(None, gt=0)
     max_grad_value: float | None = Field(None, gt=0)
-    metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    metric: Literal[
+        "accuracy",
+        "macro_f1",
+        "loss",
+        "rmse",
+        "mae",
+        "r2",
+        "spearman",
+        "map",
+        "micro_f1",
+        "subset_accuracy",
+    ] = Field("accuracy", description="model selection (regression: rmse, multilabel: map)")
     early_stopping_patience: int | None = Field(None, gt=0)
     early_stopping_min_delta: float = Field(0.0, ge=0)
     restore_best: bool = Field(
@@ -394,6 +429,10 @@ class OutputConfig(_Strict):
 class RunConfig(_Strict):
     """Everything one ``graft fit`` needs."""
 
+    task: Literal["classification", "regression", "multilabel"] = Field(
+        "classification",
+        description="regression: the label column holds numbers; multilabel: sets of labels",
+    )
     backbone: BackboneConfig
     data: DataConfig
     init: InitConfig = Field(default_factory=InitConfig)
@@ -409,51 +448,29 @@ class RunConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @model_validator(mode="after")
+    def _task_defaults(self) -> RunConfig:
+        # A regression config that names no loss or metric gets the regression defaults; one
+        # that names a classification loss or metric (or the reverse) is refused by name.
+        if self.task != "classification":
+            if "name" not in self.loss.model_fields_set:
+                self.loss.name = TASK_LOSSES[self.task][0]  # type: ignore[assignment]
+            if "metric" not in self.train.model_fields_set:
+                self.train.metric = TASK_METRICS[self.task][0]  # type: ignore[assignment]
+        if self.loss.name not in TASK_LOSSES[self.task]:
+            raise ValueError(
+                f"loss.name: {self.loss.name!r} is not a {self.task} loss "
+                f"(use one of {', '.join(TASK_LOSSES[self.task])})"
+            )
+        if self.train.metric not in (*TASK_METRICS[self.task], "loss"):
+            raise ValueError(
+                f"train.metric: {self.train.metric!r} does not score {self.task} "
+                f"(use one of {', '.join(TASK_METRICS[self.task])} or loss)"
+            )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: plain YAML keeps the
-    last silently, so a forgotten second ``epochs:`` would quietly win."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if isinstance(key, str) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a mapping, unvalidated; errors name the file and line."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{path}: is a folder, not a config file", hint="give a YAML file")
-    if not path.exists():
-        raise UsageError(f"{path}: config file not found", hint="give the path to a YAML config")
-    if not path.is_file():  # a FIFO would block, a device would be read forever
-        raise UsageError(f"{path}: not a regular file", hint="give the path to a YAML config")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise UsageError(f"{path}:{where}: invalid YAML: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(
-            f"{path}: the config must be a mapping of sections, not {type(data).__name__}"
-        )
-    return data
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -493,52 +510,14 @@ def set_dotted(
         node[last] = value
 
 
-def _format_errors(err: ValidationError, origin: str) -> str:
-    lines = []
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif "input" in e and not isinstance(e["input"], dict):
-            got = repr(e["input"])  # cut: a value may be a whole pasted file
-            msg = f"{msg} (got {got if len(got) <= 80 else got[:80] + f'... ({len(got):,} chars)'})"
-        lines.append(f"  {field}: {msg}")
-    return f"{origin}: invalid config\n" + "\n".join(lines)
-
-
-# Keys that moved to a section of their own; an old config gets an error naming the new place.
-MOVED_KEYS = {
-    "train.device": "hardware.device",
-    "train.threads": "hardware.threads",
-    "train.num_workers": "hardware.num_workers",
-    "train.channels_last": "hardware.channels_last",
-    "train.checkpoint_every": "checkpoint.every",
-    "train.checkpoint_minutes": "checkpoint.minutes",
-    "train.keep_checkpoint": "checkpoint.keep",
-    "train.progress": "output.progress",
-    "train.tensorboard": "output.tensorboard",
-    "train.mlflow": "output.mlflow",
-}
-
-
-def _moved(data: dict[str, Any]) -> list[str]:
-    found = []
-    for old, new in MOVED_KEYS.items():
-        section, key = old.split(".")
-        if isinstance(data.get(section), dict) and key in data[section]:
-            found.append(f"  {old}: moved to {new}")
-    return found
-
-
 def validate(data: dict[str, Any], origin: str = "config") -> RunConfig:
     """Validate a config mapping; errors name each bad field."""
-    if moved := _moved(data):
+    if moved := moved_keys(data):
         raise UsageError(f"{origin}: invalid config\n" + "\n".join(moved))
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise UsageError(_format_errors(e, origin)) from None
+        raise UsageError(format_errors(e, origin)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -574,6 +553,9 @@ LATER_SETTINGS: dict[tuple[str, str | None], Any] = {
     ("data", "target_unlabeled_size"): None,
     ("data", "target_labeled"): None,
     ("data", "target_labeled_size"): None,
+    ("task", None): "classification",
+    ("loss", "huber_delta"): 1.0,
+    ("loss", "pos_weight"): "none",
 }
 
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from graft.artifact import LoadedModel, load_model
+from graft.artifact import LoadedModel, load_model, require_classifier
 from graft.data.types import Examples
 from graft.errors import DataError, UsageError
 from graft.models import GraftModel, ImagePreprocess, TextPreprocess
@@ -134,6 +134,7 @@ def load_teacher(
     The same labels in another order are fine: :attr:`Teacher.order` reorders its outputs."""
     try:
         loaded = load_model(path)
+        require_classifier(loaded, "distill.teacher")
     except DataError as e:
         raise DataError(f"{field}: {e.message}", hint=e.hint) from None
     theirs, ours = list(loaded.label_map.names), list(label_names)

@@ -25,6 +25,43 @@ from graft.errors import UsageError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LOSSES = ("cross_entropy", "focal")
+REGRESSION_LOSSES = ("mse", "huber", "l1")
+MULTILABEL_LOSSES = ("bce",)
+
+
+@dataclass
+class MultiLabelLoss:
+    """Binary cross-entropy of each label's logit against its 0/1 target, mean over examples
+    and labels; ``pos_weight`` (one per label) weighs a label's positive examples, e.g.
+    negatives/positives so that a rare label counts as much as a common one."""
+
+    pos_weight: Tensor | None = None
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        weight = self.pos_weight
+        if weight is not None and weight.device != logits.device:
+            weight = self.pos_weight = weight.to(logits.device)
+        return F.binary_cross_entropy_with_logits(
+            logits.float(), targets.float(), pos_weight=weight
+        )
+
+
+@dataclass
+class RegressionLoss:
+    """A regression loss on standardised targets: the head's one output against ``targets``
+    (float, shape (N,)), mean over the batch. ``mse``; ``huber`` (quadratic within ``delta``,
+    linear beyond: robust to outlying targets); ``l1`` (the mean absolute error)."""
+
+    name: str = "mse"
+    delta: float = 1.0
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        predicted = outputs.float().reshape(-1)
+        if self.name == "mse":
+            return F.mse_loss(predicted, targets.float())
+        if self.name == "huber":
+            return F.huber_loss(predicted, targets.float(), delta=self.delta)
+        return F.l1_loss(predicted, targets.float())
 
 
 @dataclass

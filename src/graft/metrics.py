@@ -1,12 +1,14 @@
-"""Classification metrics, computed with plain numpy so they are cheap enough to run every epoch.
+"""Classification and regression metrics, computed with numpy so they are cheap enough to run
+every epoch.
 
-:func:`classification_metrics` returns a JSON-ready dict (only ``int``, ``float``, ``str``,
-``None``, lists and dicts) that is written as is into ``results.json`` and read back by
-:mod:`graft.report`.
+:func:`classification_metrics` and :func:`regression_metrics` return a JSON-ready dict (only
+``int``, ``float``, ``str``, ``None``, lists and dicts) that is written as is into
+``results.json`` and read back by :mod:`graft.report`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -117,8 +119,60 @@ def classification_metrics(
     }
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank (what Spearman's ρ needs)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    start = 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or sorted_values[end] != sorted_values[start]:
+            ranks[order[start:end]] = (start + 1 + end) / 2  # mean of ranks start+1 … end
+            start = end
+    return ranks
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    da, db = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt((da * da).sum() * (db * db).sum()))
+    return float((da * db).sum() / denominator) if denominator > 0 else 0.0
+
+
+def regression_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, *, loss: float | None = None
+) -> dict[str, Any]:
+    """MAE, RMSE, R² and Spearman's ρ of predictions ``y_pred`` against ``y_true`` (1-D, the
+    targets' own units).
+
+    R² = 1 − Σ(y − ŷ)² / Σ(y − ȳ)² (0 for predicting the mean, negative when worse; 0 when the
+    targets do not vary); ρ is the Pearson correlation of the ranks, ties at their mean rank
+    (as ``scipy.stats.spearmanr``; 0 when either side is constant).
+
+    Returns a JSON-ready dict with ``n``, ``mae``, ``rmse``, ``r2``, ``spearman``, ``loss``.
+    """
+    true = np.asarray(y_true, dtype=np.float64)
+    pred = np.asarray(y_pred, dtype=np.float64)
+    if true.ndim != 1 or true.shape != pred.shape:
+        raise ValueError(f"y_true {true.shape} and y_pred {pred.shape} must be 1-D and alike")
+    n = int(true.size)
+    if n == 0:
+        nan = float("nan")
+        return {"n": 0, "mae": nan, "rmse": nan, "r2": nan, "spearman": nan, "loss": loss}
+    error = pred - true
+    total = float(((true - true.mean()) ** 2).sum())
+    return {
+        "n": n,
+        "mae": float(np.abs(error).mean()),
+        "rmse": float(np.sqrt((error * error).mean())),
+        "r2": 1.0 - float((error * error).sum()) / total if total > 0 else 0.0,
+        "spearman": _pearson(_ranks(true), _ranks(pred)),
+        "loss": None if loss is None else float(loss),
+    }
+
+
 def summary_line(metrics: dict[str, Any]) -> str:
-    """One line for logs, e.g. ``"acc 0.912  macro-F1 0.908  (n=1000)"``.
+    """One line for logs, e.g. ``"acc 0.912  macro-F1 0.908  (n=1000)"`` (a regression's:
+    ``"rmse 0.82  mae 0.61  R² 0.55  ρ 0.74  (n=1000)"``).
 
     The loss comes first (``"loss 0.3120  acc ..."``) when the metrics carry one.
     """
@@ -126,7 +180,110 @@ def summary_line(metrics: dict[str, Any]) -> str:
     loss = metrics.get("loss")
     if loss is not None:
         parts.append(f"loss {float(loss):.4f}")
-    parts.append(f"acc {float(metrics['accuracy']):.3f}")
-    parts.append(f"macro-F1 {float(metrics['macro_f1']):.3f}")
+    if "map" in metrics:
+        parts.append(f"mAP {float(metrics['map']):.3f}")
+        parts.append(f"micro-F1 {float(metrics['micro_f1']):.3f}")
+        parts.append(f"macro-F1 {float(metrics['macro_f1']):.3f}")
+        parts.append(f"subset acc {float(metrics['subset_accuracy']):.3f}")
+    elif "rmse" in metrics:
+        parts.append(f"rmse {float(metrics['rmse']):.3f}")
+        parts.append(f"mae {float(metrics['mae']):.3f}")
+        parts.append(f"R² {float(metrics['r2']):.3f}")
+        parts.append(f"ρ {float(metrics['spearman']):.3f}")
+    else:
+        parts.append(f"acc {float(metrics['accuracy']):.3f}")
+        parts.append(f"macro-F1 {float(metrics['macro_f1']):.3f}")
     parts.append(f"(n={int(metrics['n'])})")
     return "  ".join(parts)
+
+
+#: Selection metrics where lower is better.
+LOWER_IS_BETTER = frozenset({"loss", "rmse", "mae"})
+
+
+# --------------------------------------------------------------------------- multi-label
+
+
+def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision of one label: Σ_n (R_n − R_{n−1}) P_n over the distinct scores from
+    the highest down (as ``sklearn.metrics.average_precision_score``); NaN without positives."""
+    truth = np.asarray(y_true, dtype=np.float64)
+    positives = truth.sum()
+    if positives == 0:
+        return math.nan
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    sorted_scores, sorted_truth = np.asarray(scores)[order], truth[order]
+    # The last position of each distinct score: ties are one threshold.
+    last = np.r_[np.nonzero(np.diff(sorted_scores))[0], len(sorted_scores) - 1]
+    tp = np.cumsum(sorted_truth)[last]
+    precision = tp / (last + 1)
+    recall = tp / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def best_thresholds(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per label, the probability threshold that maximises its F1 on these examples (a label is
+    predicted when its probability is ≥ the threshold): the midpoint between the chosen score
+    and the next lower one, 0.5 for a label without positives."""
+    truth = np.asarray(y_true, dtype=bool)
+    out = np.full(truth.shape[1], 0.5)
+    for j in range(truth.shape[1]):
+        positives = int(truth[:, j].sum())
+        if positives == 0:
+            continue
+        order = np.argsort(-probs[:, j], kind="stable")
+        s, t = probs[order, j], truth[order, j]
+        last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+        tp = np.cumsum(t)[last]
+        f1 = 2 * tp / (last + 1 + positives)  # 2TP / (predicted + actual)
+        k = int(np.argmax(f1))
+        below = s[last[k] + 1] if last[k] + 1 < len(s) else 0.0
+        out[j] = (s[last[k]] + below) / 2
+    return out
+
+
+def multilabel_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    label_names: Sequence[str],
+    thresholds: np.ndarray | float = 0.5,
+    *,
+    loss: float | None = None,
+) -> dict[str, Any]:
+    """Multi-label scores of probabilities ``probs`` (N, L) against 0/1 ``y_true`` (N, L), a
+    label predicted where its probability is ≥ its threshold: micro-F1 (over every decision),
+    macro-F1 (mean over labels that occur or are predicted), subset accuracy (every label of an
+    example right), mAP (mean average precision over labels with a positive; threshold-free),
+    and per label its AP, F1, threshold and support."""
+    truth = np.asarray(y_true, dtype=bool)
+    p = np.asarray(probs, dtype=np.float64)
+    if truth.shape != p.shape or truth.ndim != 2 or truth.shape[1] != len(label_names):
+        raise ValueError(f"y_true {truth.shape} and probs {p.shape} for {len(label_names)} labels")
+    limits = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (truth.shape[1],))
+    pred = p >= limits
+    tp = (pred & truth).sum(0).astype(np.float64)
+    predicted, actual = pred.sum(0), truth.sum(0)
+    f1 = _safe_divide(2 * tp, (predicted + actual).astype(np.float64))
+    present = (predicted + actual) > 0
+    ap = [average_precision(truth[:, j], p[:, j]) for j in range(truth.shape[1])]
+    scored = [a for a in ap if not math.isnan(a)]
+    total = float(predicted.sum() + actual.sum())
+    n = int(truth.shape[0])
+    return {
+        "n": n,
+        "micro_f1": float(2 * tp.sum() / total) if total else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "subset_accuracy": float((pred == truth).all(1).mean()) if n else 0.0,
+        "map": float(np.mean(scored)) if scored else math.nan,
+        "loss": None if loss is None else float(loss),
+        "labels": [str(x) for x in label_names],
+        "per_label": {
+            str(name): {
+                "ap": None if math.isnan(ap[j]) else ap[j],
+                "f1": float(f1[j]),
+                "threshold": float(limits[j]),
+                "support": int(actual[j]),
+            }
+            for j, name in enumerate(label_names)
+        },
+    }

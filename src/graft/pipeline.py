@@ -34,6 +34,15 @@ from graft.models.base import ImagePreprocess, TextPreprocess
 Batch = dict[str, Any]
 
 
+def empty_targets(dataset: Any, n: int) -> torch.Tensor:
+    """An uninitialised tensor for ``n`` of a dataset's targets, of their type and shape: int64
+    class indexes, a regression's floats, a multi-label example's row of 0/1 floats."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None or not np.issubdtype(targets.dtype, np.floating):
+        return torch.empty(n, dtype=torch.long)
+    return torch.empty((n, *targets.shape[1:]), dtype=torch.from_numpy(targets[:0]).dtype)
+
+
 def _digest(targets: np.ndarray | None) -> Any:
     """A hash object started with a dataset's targets (or their absence)."""
     h = hashlib.blake2b(digest_size=16)

@@ -61,6 +61,7 @@ from graft.runtime import (
 )
 from graft.strategies import build_plan
 from graft.strategies.plan import Plan
+from graft.tasks import Regression, Task, task_of
 from graft.train import LoopSettings, Objective, steps_per_epoch
 
 
@@ -209,9 +210,15 @@ def _objective(config: RunConfig, model: torch.nn.Module, train_targets: np.ndar
     """The loss, penalties and constraints of the config. Built after initialization: L2-SP and
     the distance bound take the weights as they are now as their reference."""
     from graft import regularize as reg
-    from graft.losses import build_loss, class_weights_from_counts
+    from graft.losses import (
+        MultiLabelLoss,
+        RegressionLoss,
+        build_loss,
+        class_weights_from_counts,
+    )
 
     loss_cfg, r = config.loss, config.regularize
+    loss_fn: Any
     weights: torch.Tensor | list[float] | None = None
     n_classes = int(model.head.fc.out_features)  # type: ignore[union-attr, arg-type]
     if isinstance(loss_cfg.class_weights, list):
@@ -223,12 +230,17 @@ def _objective(config: RunConfig, model: torch.nn.Module, train_targets: np.ndar
     elif loss_cfg.class_weights != "none":
         counts = np.bincount(train_targets, minlength=n_classes)
         weights = class_weights_from_counts(counts, loss_cfg.class_weights)
-    loss_fn = build_loss(
-        loss_cfg.name,
-        label_smoothing=loss_cfg.label_smoothing,
-        class_weights=weights,
-        focal_gamma=loss_cfg.focal_gamma,
-    )
+    if config.task == "regression":
+        loss_fn = RegressionLoss(loss_cfg.name, loss_cfg.huber_delta)
+    elif config.task == "multilabel":
+        loss_fn = MultiLabelLoss(_pos_weight(loss_cfg.pos_weight, train_targets))
+    else:
+        loss_fn = build_loss(
+            loss_cfg.name,
+            label_smoothing=loss_cfg.label_smoothing,
+            class_weights=weights,
+            focal_gamma=loss_cfg.focal_gamma,
+        )
     penalties: list[Any] = []
     if r.l1:
         penalties.append(reg.L1Penalty(model, r.l1))
@@ -326,6 +338,45 @@ def _check_closure_optimizer(config: RunConfig, backbone: Backbone, trainable: i
         )
 
 
+def _pos_weight(setting: str | list[float], targets: np.ndarray) -> torch.Tensor | None:
+    """``loss.pos_weight``: none, balanced (each label's negatives / positives in training), or
+    one weight per label."""
+    if setting == "none":
+        return None
+    if isinstance(setting, list):
+        if len(setting) != targets.shape[1]:
+            raise UsageError(
+                f"loss.pos_weight: {len(setting)} weights for {targets.shape[1]} labels"
+            )
+        return torch.tensor(setting, dtype=torch.float32)
+    positives = targets.sum(0)
+    return torch.from_numpy((len(targets) - positives) / np.maximum(positives, 1.0)).float()
+
+
+def _check_task_config(config: RunConfig) -> None:
+    """What a regression or multi-label task cannot do yet (or at all), refused by field
+    before the data is read."""
+    if config.task == "classification":
+        return
+    if config.task != "multilabel" and config.loss.pos_weight != "none":
+        raise UsageError("loss.pos_weight: only with task: multilabel")
+    d, loss = config.data, config.loss
+    refused = [
+        ("distill.teacher", config.distill.teacher is not None, "its soft targets are classes"),
+        ("adapt.method", config.adapt.method != "none", "its terms act on one class per row"),
+        ("data.mixup_alpha", d.mixup_alpha > 0 or d.cutmix_alpha > 0, "it blends one class"),
+        ("loss.class_weights", loss.class_weights != "none", "weights of single classes"),
+        ("loss.label_smoothing", loss.label_smoothing > 0, "it smooths one class per row"),
+        ("init.head", config.init.head == "linear_probe", "the probe fits a softmax classifier"),
+    ]
+    for field, on, why in refused:
+        if on:
+            raise UsageError(
+                f"{field}: not with task: {config.task} ({why})",
+                hint=f"remove {field} from the config",
+            )
+
+
 def _check_distill_config(config: RunConfig) -> None:
     """What can be refused in the ``distill:`` section before the data is read."""
     d, data = config.distill, config.data
@@ -392,9 +443,14 @@ class Prepared:
     def labels(self) -> list[str]:
         return list(self.splits.label_map.names)
 
+    @property
+    def task(self) -> Task:
+        assert self.settings.task is not None  # set by prepare()
+        return self.settings.task
+
     def eval_loader(self, ex: Examples) -> Any:
         eval_bs = self.config.train.eval_batch_size or 2 * self.config.train.batch_size
-        targets = self.splits.label_map.encode(ex.labels, ex.origin)
+        targets = self.task.targets(ex)
         return self.loaders.loader(ex, targets, eval_bs, shuffle=False, by_length=True)
 
 
@@ -406,16 +462,25 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     device = rank_device(select_device(config.hardware.device))
     seed_everything(config.train.seed)
     check_backbone_name(config.backbone.name, config.backbone.source)  # before the data is read
+    _check_task_config(config)
     _check_distill_config(config)
     check_adapt_config(config)
-    splits = load_splits(config.data)
+    splits = load_splits(config.data, config.task)
+    task = task_of(splits, config.task)
     sets = unlabeled_sets(config)
     unlabeled, target = sets.get("distill.unlabeled"), sets.get("data.target_unlabeled")
     log(
         f"data: train {len(splits.train)}, validation {len(splits.validation)}, "
         f"test {len(splits.test) if splits.test else 0}"
         + "".join(f", {k} {len(v)}" for k, v in splits.extra.items())
-        + f"; {len(splits.label_map)} classes"
+        + (f"; {len(splits.label_map)} classes" if task.kind == "classification" else "")
+        + (f"; {len(splits.label_map)} labels (multi-label)" if task.kind == "multilabel" else "")
+        + (
+            f"; regression of {splits.label_map.names[0]} (training mean {task.scale.mean:.4g}, "
+            f"std {task.scale.std:.4g})"
+            if isinstance(task, Regression)
+            else ""
+        )
         + (f"; unlabeled {len(unlabeled)} (distill.unlabeled)" if unlabeled is not None else "")
         + (f"; target {len(target)} unlabeled (adapt: {config.adapt.method})" if target else "")
     )
@@ -424,9 +489,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         if config.distill.teacher is not None
         else None
     )
-    backbone = configured_backbone(
-        config, len(splits.label_map), label_names=splits.label_map.names
-    )
+    backbone = configured_backbone(config, task.outputs, label_names=splits.label_map.names)
     _check_modality(backbone, splits, config.backbone.name)
     precision = resolve_precision(config.train.precision, device, cnn=backbone.is_cnn)
     plan = build_plan(
@@ -453,7 +516,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
     )
     if teacher is not None and loaders.random:  # the teacher will run on the student's inputs
         check_same_preprocessing(teacher, backbone.preprocess)
-    train_targets = splits.label_map.encode(splits.train.labels, splits.train.origin)
+    train_targets = task.targets(splits.train)
     # Unlabeled transfer examples train with the labeled ones, for the loader only (the splits
     # and the label map stay those of the labeled data); their target says they have no label.
     # (An adaptation's target rows likewise; the two are never combined.)
@@ -484,6 +547,7 @@ def prepare(config: RunConfig, log: RunLog) -> Prepared:
         train_loader = with_sampler(train_loader, mixed)
     _check_closure_optimizer(config, backbone, trainable)
     settings = _settings(config, device, precision, loaders.random or teacher is not None)
+    settings.task = task
     steps = steps_per_epoch(len(train_loader), settings)
     for phase in plan.phases:  # a schedule option that does not apply: refused before the run
         settings.schedule.check(steps * phase.epochs)

@@ -156,10 +156,8 @@ class Recorder:
         self.checkpoint(state, opt, sched)
         self.log(
             f"epoch {record['epoch']}/{self.prep.plan.epochs} [{record['phase']}] "
-            f"loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.4f}  "
-            f"val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}  "
-            f"val F1 {record['val_macro_f1']:.4f}  {record['samples_per_s']:.1f} samples/s"
-            + ("  *best*" if is_best else "")
+            f"loss {record['train_loss']:.4f}  {_scores(record)}  "
+            f"{record['samples_per_s']:.1f} samples/s" + ("  *best*" if is_best else "")
         )
         if self.on_epoch is not None:  # after the checkpoint: a pruned trial stays resumable
             self.on_epoch(record)
@@ -182,3 +180,22 @@ class Recorder:
                 atomic_write(self.best_path, lambda fh: fh.write(safetensors_save(weights)))
         if self._probe_phase_ended(state, record):
             self._save_probe_head()
+
+
+def _scores(record: dict[str, Any]) -> str:
+    """The epoch's scores for the log line: accuracy and F1, or a regression's errors."""
+    if "val_map" in record:
+        return (
+            f"train subset acc {record['train_subset_accuracy']:.4f}  "
+            f"val loss {record['val_loss']:.4f}  val mAP {record['val_map']:.4f}  "
+            f"val micro-F1 {record['val_micro_f1']:.4f}"
+        )
+    if "val_rmse" in record:
+        return (
+            f"train RMSE {record['train_rmse']:.4f}  val loss {record['val_loss']:.4f}  "
+            f"val RMSE {record['val_rmse']:.4f}  val ρ {record['val_spearman']:.4f}"
+        )
+    return (
+        f"train acc {record['train_accuracy']:.4f}  val loss {record['val_loss']:.4f}  "
+        f"val acc {record['val_accuracy']:.4f}  val F1 {record['val_macro_f1']:.4f}"
+    )

@@ -39,7 +39,7 @@ from graft.distributed import (
 from graft.errors import DataError, TrainingDiverged
 from graft.features.body import compute_features, head_only
 from graft.inmemory import config_with_data, convert, given_data
-from graft.metrics import classification_metrics, summary_line
+from graft.metrics import summary_line
 from graft.notebook import InlineReport, fit_html, history_frame
 from graft.pipeline import same_batches
 from graft.prepare import Prepared, prepare
@@ -76,6 +76,7 @@ from graft.runtime import (
     stop_on_signals,
 )
 from graft.safe_load import weights_only_loading
+from graft.tasks import MultiLabel
 from graft.tracking import tracked, tracker
 from graft.train import TrainState, evaluate, train
 
@@ -94,7 +95,7 @@ class FitResult:
     @property
     def test_accuracy(self) -> float | None:
         test = self.results.get("test")
-        return None if test is None else float(test["accuracy"])
+        return None if test is None or "accuracy" not in test else float(test["accuracy"])
 
     @property
     def history(self) -> Any:
@@ -336,6 +337,7 @@ def _finish(
         return FitResult(run_dir, results)
     results.update(
         run=run_dir.name,
+        task=config.task,
         backbone=config.backbone.name,
         strategy=prep.plan.strategy,
         plan=prep.plan.to_dict(),
@@ -363,6 +365,7 @@ def _finish(
             plan=prep.plan.to_dict(),
             metrics={k: results[k] for k in ("validation", "test", "extra")},
             provenance={"config_hash": digests[0], "data_fingerprint": digests[1]},
+            task=prep.task,
         )
     # results.json is the commit point: from here on, what is left (clean-up, report) is
     # redone by --resume if the process dies.
@@ -406,17 +409,21 @@ def _final_results(prep: Prepared) -> dict[str, Any]:
     frozen_body = settings.feature_cache and not settings.frozen_bn_updates
     frozen_body = frozen_body and all(head_only(p) for p in prep.plan.phases)
 
-    def measure(ex: Examples) -> dict[str, Any]:
+    def outputs(ex: Examples) -> dict[str, Any]:
         loader = prep.eval_loader(ex)
         if frozen_body:
             features = compute_features(model, loader, prep.device, settings.precision, store)
             head_loader = same_batches(features, loader)
-            out = evaluate(model.head, head_loader, prep.device, settings.precision)
-        else:
-            out = evaluate(model, loader, prep.device, settings.precision)
-        return classification_metrics(
-            out["targets"], out["logits"].argmax(1).numpy(), prep.labels, loss=out["loss"]
-        )
+            return evaluate(model.head, head_loader, prep.device, settings.precision, prep.task)
+        return evaluate(model, loader, prep.device, settings.precision, prep.task)
+
+    validation = outputs(splits.validation)
+    if isinstance(prep.task, MultiLabel):  # each label's threshold: from validation, only
+        prep.settings.task = prep.task.fit_thresholds(validation["logits"], validation["targets"])
+
+    def measure(ex: Examples) -> dict[str, Any]:
+        out = validation if ex is splits.validation else outputs(ex)
+        return prep.task.metrics(out["logits"], out["targets"], out["loss"])
 
     return {
         "validation": measure(splits.validation),

@@ -40,8 +40,16 @@ def examples_of(source: SourceConfig, field: str) -> Examples:
         raise UsageError(f"{field}: {e.message}", hint=e.hint) from None
 
 
-def load_splits(data: DataConfig) -> Splits:
-    """Read every set the config names and split/subsample them (seeded, stratified)."""
+def load_splits(data: DataConfig, task: str = "classification") -> Splits:
+    """Read every set the config names and split/subsample them (seeded, stratified); a
+    ``regression`` reads the labels as numbers."""
+    for field, source in _named_sources(data):
+        kind = get_dataset(source).task
+        if kind != task:
+            raise UsageError(
+                f"{field}: {source!r} is a {kind} dataset, but the config's task is {task}",
+                hint=f"set `task: {kind}`, or name a {task} dataset",
+            )
     train = examples_of(data.train, "data.train")
     validation = examples_of(data.validation, "data.validation") if data.validation else None
     test = examples_of(data.test, "data.test") if data.test else None
@@ -68,6 +76,8 @@ def load_splits(data: DataConfig) -> Splits:
         extra_size=data.extra_size,
         seed=data.seed,
         label_order=label_order,
+        task=task,
+        target_name="score" if data.train.dataset is not None else data.train.label_column,
     )
     if data.target_labeled is not None:  # a few target labels train beside the source's
         few = examples_of(data.target_labeled, "data.target_labeled")
@@ -75,7 +85,7 @@ def load_splits(data: DataConfig) -> Splits:
             rng = np.random.default_rng(data.seed)
             few = few.subset(np.sort(rng.choice(len(few), data.target_labeled_size, False)))
         unknown = sorted(set(few.labels) - set(splits.label_map.names))
-        if unknown:
+        if unknown and task == "classification":
             raise DataError(
                 f"data.target_labeled: {few.origin} has labels the training set does not: "
                 f"{', '.join(unknown[:5])}",
@@ -85,6 +95,14 @@ def load_splits(data: DataConfig) -> Splits:
             splits, train=join_examples(splits.train, few, "data.target_labeled")
         )
     return splits
+
+
+def _named_sources(data: DataConfig) -> list[tuple[str, str]]:
+    """(config field, dataset name) of every labeled set the config names by name."""
+    sources = [("data.train", data.train), ("data.validation", data.validation)]
+    sources += [("data.test", data.test), ("data.target_labeled", data.target_labeled)]
+    sources += [(f"data.extra_eval.{k}", v) for k, v in data.extra_eval.items()]
+    return [(f, s.dataset) for f, s in sources if s is not None and s.dataset is not None]
 
 
 def unlabeled_sets(config: RunConfig) -> dict[str, Examples]:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from graft.adapt.term import Adaptation
 from graft.checkpoint import restore_rng_states, rng_untouched
+from graft.data.types import LabelMap
 from graft.distill import Distillation
 from graft.distributed import (
     gather_batches,
@@ -41,7 +42,6 @@ from graft.errors import TrainingDiverged
 from graft.features.body import cached_loaders, head_only
 from graft.features.prefix import cached_prefix_loaders
 from graft.features.store import FeatureStore
-from graft.metrics import classification_metrics
 from graft.models.base import GraftModel, LayerGroup
 from graft.optim import OptimizerFactory, ScheduleFactory, is_closure_optimizer
 from graft.phases import apply_phase, group_table, set_train_mode
@@ -49,6 +49,7 @@ from graft.pipeline import Batch, set_epoch, to_device
 from graft.regularize import clip_gradients
 from graft.runtime import Precision, autocast, no_grad_eval
 from graft.strategies.plan import Phase, Plan
+from graft.tasks import Classification, Task, score
 
 
 @dataclass
@@ -95,6 +96,7 @@ class LoopSettings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: Precision = "fp32"  # "bf16": autocast of the forward passes (runtime.py)
     seed: int = 0  # train.seed: a distributed run's per-rank random streams start from it
+    task: Task | None = None  # None: classification over the loop's label names
 
 
 @dataclass
@@ -205,10 +207,12 @@ def evaluate(
     loader: DataLoader[Batch],
     device: torch.device,
     precision: Precision = "fp32",
+    task: Task | None = None,
 ) -> dict[str, Any]:
-    """Logits, predictions and mean loss over a labeled loader. In a distributed run each rank
-    computes whole batches of the loader and every rank gets all of them, in order: the same
-    numbers as one process."""
+    """Logits (a regression's outputs), targets and mean loss over a labeled loader: the
+    task's plain loss (cross-entropy by default). In a distributed run each rank computes whole
+    batches of the loader and every rank gets all of them, in order: the same numbers as one
+    process."""
     parts = []
     with no_grad_eval(model), autocast(device, precision):
         for batch in my_batches(loader):
@@ -217,13 +221,16 @@ def evaluate(
     parts = gather_batches(parts)
     all_logits = torch.cat([logits for logits, _ in parts])
     all_targets = torch.cat([targets for _, targets in parts])
-    loss = float(F.cross_entropy(all_logits, all_targets))
+    if task is None:
+        loss = float(F.cross_entropy(all_logits, all_targets))
+    else:
+        loss = task.eval_loss(all_logits, all_targets)
     return {"logits": all_logits, "targets": all_targets.numpy(), "loss": loss}
 
 
-def score(metrics: dict[str, Any], metric: str) -> float:
-    """Higher is better: the loss is negated."""
-    return -float(metrics["loss"]) if metric == "loss" else float(metrics[metric])
+def loop_task(settings: LoopSettings, label_names: list[str]) -> Task:
+    """The task the loop scores: the settings', or classification over ``label_names``."""
+    return settings.task or Classification(LabelMap(tuple(label_names)))
 
 
 def train(
@@ -283,7 +290,7 @@ def train(
                 context,
             )
             with context():  # the cached prefix is swapped in only while the model runs
-                val = evaluate(forward, phase_val, device, settings.precision)
+                val = evaluate(forward, phase_val, device, settings.precision, settings.task)
             is_best, phase_done = _close_epoch(state, record, val, label_names, phase, settings)
             # The checkpoint written here already points at the next epoch (or phase).
             hooks.epoch_end(state, record, is_best, optimizer, scheduler)
@@ -302,8 +309,8 @@ def _close_epoch(
 ) -> tuple[bool, bool]:
     """Record the epoch, track the best score and the patience; advance the state past the
     epoch (and past the phase when it is over). Returns (is_best, phase_done)."""
-    preds = val["logits"].argmax(1).numpy()
-    metrics = classification_metrics(val["targets"], preds, label_names, loss=val["loss"])
+    task = loop_task(settings, label_names)
+    metrics = task.metrics(val["logits"], val["targets"], val["loss"])
     state.epoch += 1
     state.phase_epoch += 1
     state.batch, state.sums = 0, {}
@@ -312,8 +319,7 @@ def _close_epoch(
         phase=phase.name,
         phase_index=state.phase,
         val_loss=val["loss"],
-        val_accuracy=metrics["accuracy"],
-        val_macro_f1=metrics["macro_f1"],
+        **task.val_record(metrics),
     )
     state.history.append(record)
     current, best = score(metrics, settings.metric), state.best_score
@@ -408,7 +414,7 @@ def _train_epoch(
                 logits = model(**batch["inputs"])
             loss = objective.batch_loss(logits, batch)
             value = float(loss.detach())
-            counts = _batch_counts(value, logits, batch["targets"])
+            counts = _batch_counts(value, logits, batch["targets"], settings.task)
             if world_size() > 1:  # the global batch's loss and counts, on every rank
                 counts = sum_over_ranks(counts)
                 value = counts[0] / counts[1]
@@ -429,7 +435,8 @@ def _train_epoch(
             state.batch, state.sums = i + 1, dict(sums)
             hooks.step_end(state, optimizer, scheduler, i + 1 == n_batches)
         hooks.step(i, value, n)
-    return _epoch_record(state, sums, optimizer, earlier + time.perf_counter() - started)
+    elapsed = earlier + time.perf_counter() - started
+    return _epoch_record(state, sums, optimizer, elapsed, settings.task)
 
 
 def _full_batch_epoch(
@@ -455,7 +462,7 @@ def _full_batch_epoch(
     started, earlier = time.perf_counter(), sums["time_s"]
     n_batches = len(loader)
     if state.batch >= n_batches:  # resumed after this epoch's step: only its evaluation is left
-        return _epoch_record(state, sums, optimizer, earlier)
+        return _epoch_record(state, sums, optimizer, earlier, settings.task)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     first: list[float] = []
 
@@ -472,7 +479,10 @@ def _full_batch_epoch(
             (loss * n).backward()  # a sum over examples; divided by their count below
             total, seen = total + loss.detach() * n, seen + n
             if not first:
-                _count(sums, _batch_counts(float(loss.detach()), logits, batch["targets"]))
+                counts = _batch_counts(
+                    float(loss.detach()), logits, batch["targets"], settings.task
+                )
+                _count(sums, counts)
         for p in params:
             if p.grad is not None:
                 p.grad.div_(seen)
@@ -488,7 +498,7 @@ def _full_batch_epoch(
     state.batch, state.sums = n_batches, dict(sums)
     hooks.step_end(state, optimizer, scheduler, True)
     hooks.step(n_batches - 1, first[0], int(sums["seen"]))
-    return _epoch_record(state, sums, optimizer, sums["time_s"])
+    return _epoch_record(state, sums, optimizer, sums["time_s"], settings.task)
 
 
 def _epoch_sums(state: TrainState) -> dict[str, Any]:
@@ -499,13 +509,17 @@ def _epoch_sums(state: TrainState) -> dict[str, Any]:
     return sums
 
 
-def _batch_counts(loss: float, logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
-    """One batch's loss sum, size, correct and labeled counts (summed over ranks when
-    distributed). Accuracy counts labeled examples only (an unlabeled distillation example has
-    a negative target)."""
+def _batch_counts(
+    loss: float, logits: torch.Tensor, targets: torch.Tensor, task: Task | None
+) -> list[float]:
+    """One batch's loss sum, size, task score (correct predictions; a regression's squared
+    errors) and labeled count (summed over ranks when distributed). Only labeled examples are
+    scored (an unlabeled distillation or target example has a negative target)."""
+    n = len(targets)
+    if task is not None and task.kind != "classification":  # every row labeled (no MixUp)
+        return [loss * n, float(n), task.batch_score(logits, targets), float(n)]
     hard = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix: soft targets
     labeled = hard >= 0
-    n = len(targets)
     correct = int(((logits.argmax(1) == hard) & labeled).sum())
     return [loss * n, float(n), float(correct), float(labeled.sum())]
 
@@ -514,7 +528,7 @@ def _count(sums: dict[str, Any], counts: list[float]) -> int:
     """Add one batch's :func:`_batch_counts` to the epoch's running sums; returns its size."""
     loss, n, correct, labeled = counts
     sums["loss"] += loss
-    sums["correct"] += int(correct)
+    sums["correct"] += correct  # a regression's squared errors: not a count
     sums["labeled"] += int(labeled)
     sums["seen"] += int(n)
     return int(n)
@@ -543,13 +557,23 @@ def _after_step(
 
 
 def _epoch_record(
-    state: TrainState, sums: dict[str, Any], optimizer: torch.optim.Optimizer, elapsed: float
+    state: TrainState,
+    sums: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    elapsed: float,
+    task: Task | None,
 ) -> dict[str, Any]:
     seen = max(sums["seen"], 1)
+    labeled = int(sums["labeled"])
+    scored = (
+        {"train_accuracy": sums["correct"] / max(labeled, 1)}
+        if task is None
+        else task.train_record(sums["correct"], labeled)
+    )
     return {
         "step": state.step,
         "train_loss": sums["loss"] / seen,
-        "train_accuracy": sums["correct"] / max(sums["labeled"], 1),
+        **scored,
         "lr": max(g["lr"] for g in optimizer.param_groups),
         "epoch_time_s": elapsed,
         "samples_per_s": sums["seen"] / max(elapsed, 1e-9),

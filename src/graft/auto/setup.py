@@ -142,7 +142,11 @@ def base_config(o: AutoOptions, info: DataInfo, auto_dir: Path) -> dict[str, Any
     }
     for override in o.overrides:
         apply_override(config, override)
-    validate(config, origin="graft auto")
+    if validate(config, origin="graft auto").task != "classification":
+        raise UsageError(
+            "graft auto: classification only (not yet regression)",
+            hint="graft compare and graft search take task: regression",
+        )
     return config
 
 

@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     for item, pred in zip(shown, loaded.predict(examples, precision), strict=True):
         if args.json:
             print(json.dumps({"input": item, **pred}))
+        elif "value" in pred:  # a regression: the number itself
+            print(f"{pred['value']:.6g}\t{item}")
         else:
             print(f"{pred['label']}\t{pred['probability']:.3f}\t{item}")
     return 0

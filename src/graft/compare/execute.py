@@ -19,7 +19,7 @@ from pathlib import Path
 from graft.atomic import atomic_write_text
 from graft.compare.records import record_of
 from graft.compare.spec import PlannedRun
-from graft.compare.stats import RunRecord
+from graft.compare.stats import RunRecord, ranking_of
 from graft.config import dump_config
 from graft.console import RunLog
 from graft.errors import DataError, GraftError, UsageError
@@ -146,10 +146,12 @@ def run_one(
         in_process(run, resume_dir, quiet=not verbose)
     note_isolation(compare_dir, run.name, isolate)
     record = load_record(run)
-    acc = record.score("accuracy", "test") or record.score("accuracy", "validation")
+    ranking = ranking_of([record])
+    value = record.score(ranking.metric, "test")
+    value = record.score(ranking.metric, "validation") if value is None else value
     log(
-        f"{position} {run.label} seed {run.seed}: accuracy "
-        + ("–" if acc is None else f"{acc:.4f}")
+        f"{position} {run.label} seed {run.seed}: {ranking.name} "
+        + ("–" if value is None else f"{value:.4f}")
         + f" in {time.perf_counter() - started:.1f}s"
     )
     return record

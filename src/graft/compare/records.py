@@ -78,6 +78,7 @@ def check_comparable(records: Sequence[RunRecord], same_data: bool = True) -> No
         "backbone": lambda r: r.results.get("backbone"),
         "data": lambda r: r.results.get("labeled_fingerprint" if labeled else "data_fingerprint"),
         "classes": lambda r: _labels(r.results),
+        "task": lambda r: r.results.get("task", "classification"),
     }
     if not same_data:
         del facts["data"]

@@ -55,11 +55,13 @@ from graft.compare.spec import (
 )
 from graft.compare.stats import (
     ALPHA,
+    CLASSIFICATION,
     RunRecord,
     Stat,
     StrategySummary,
     evaluated_split,
     extra_names,
+    ranking_of,
     significance_note,
     summarize,
 )
@@ -103,6 +105,7 @@ class CompareResult:
 
 
 def _fmt_stat(s: Stat, pct: bool = True) -> str:
+    """``mean ± std`` over seeds (in percent with ``pct``)."""
     if math.isnan(s.mean):
         return "–"
     scale = 100.0 if pct else 1.0
@@ -114,12 +117,14 @@ def _fmt_stat(s: Stat, pct: bool = True) -> str:
 def summary_table(rows: Sequence[StrategySummary]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the terminal leaderboard."""
     extras = extra_names([r for s in rows for r in s.runs])
+    ranking = rows[0].ranking if rows else CLASSIFICATION
+    short = "acc" if ranking is CLASSIFICATION else ranking.name
     headers = [
         "strategy",
         "seeds",
-        "acc %",
-        "macro-F1 %",
-        *[f"{e} acc %" for e in extras],
+        f"{short}{ranking.unit}",
+        f"{ranking.second_name}{ranking.unit}",
+        *[f"{e} {short}{ranking.unit}" for e in extras],
         "time s",
         "trainable",
         "peak MiB",
@@ -140,10 +145,10 @@ def summary_table(rows: Sequence[StrategySummary]) -> tuple[list[str], list[list
         out.append(
             [
                 s.label,
-                str(s.accuracy.n),
-                _fmt_stat(s.accuracy),
-                _fmt_stat(s.macro_f1),
-                *[_fmt_stat(s.extra[e]) if e in s.extra else "–" for e in extras],
+                str(s.primary.n),
+                _fmt_stat(s.primary, ranking.share),
+                _fmt_stat(s.secondary, ranking.share),
+                *[_fmt_stat(s.extra[e], ranking.share) if e in s.extra else "–" for e in extras],
                 f"{s.wall_time_s.mean:.1f}" if not math.isnan(s.wall_time_s.mean) else "–",
                 f"{s.trainable_params:,.0f}" if s.trainable_params is not None else "–",
                 f"{s.peak_rss_mb.mean:,.0f}" if not math.isnan(s.peak_rss_mb.mean) else "–",
@@ -159,6 +164,8 @@ def write_summary(compare_dir: Path, rows: Sequence[StrategySummary]) -> None:
     records = [r for s in rows for r in s.runs]
     split = evaluated_split(records) if records else "test"
     extras = extra_names(records)
+    ranking = ranking_of(records)
+    metric, second = ranking.metric, ranking.second
     atomic_write_text(
         compare_dir / SUMMARY_JSON,
         json.dumps(
@@ -180,13 +187,13 @@ def write_summary(compare_dir: Path, rows: Sequence[StrategySummary]) -> None:
         "strategy",
         "label",
         "seeds",
-        f"{split}_accuracy_mean",
-        f"{split}_accuracy_std",
+        f"{split}_{metric}_mean",
+        f"{split}_{metric}_std",
         "ci95_low",
         "ci95_high",
-        "macro_f1_mean",
-        "macro_f1_std",
-        *[f"{e}_accuracy_mean" for e in extras],
+        f"{second}_mean",
+        f"{second}_std",
+        *[f"{e}_{metric}_mean" for e in extras],
         "wall_time_s_mean",
         "trainable_params",
         "peak_rss_mb_mean",
@@ -197,13 +204,13 @@ def write_summary(compare_dir: Path, rows: Sequence[StrategySummary]) -> None:
         [
             s.strategy,
             s.label,
-            s.accuracy.n,
-            s.accuracy.mean,
-            s.accuracy.std,
-            s.accuracy.low,
-            s.accuracy.high,
-            s.macro_f1.mean,
-            s.macro_f1.std,
+            s.primary.n,
+            s.primary.mean,
+            s.primary.std,
+            s.primary.low,
+            s.primary.high,
+            s.secondary.mean,
+            s.secondary.std,
             *[s.extra[e].mean if e in s.extra else "" for e in extras],
             s.wall_time_s.mean,
             s.trainable_params,
@@ -219,9 +226,9 @@ def write_summary(compare_dir: Path, rows: Sequence[StrategySummary]) -> None:
         "label",
         "strategy",
         "seed",
-        f"{split}_accuracy",
-        "macro_f1",
-        *[f"{e}_accuracy" for e in extras],
+        f"{split}_{metric}",
+        second,
+        *[f"{e}_{metric}" for e in extras],
         "best_epoch",
         "wall_time_s",
         "trainable_params",
@@ -233,9 +240,9 @@ def write_summary(compare_dir: Path, rows: Sequence[StrategySummary]) -> None:
             r.label,
             r.results.get("strategy"),
             r.seed,
-            r.score("accuracy", split),
-            r.score("macro_f1", split),
-            *[r.score("accuracy", e) for e in extras],
+            r.score(metric, split),
+            r.score(second, split),
+            *[r.score(metric, e) for e in extras],
             r.results.get("best_epoch"),
             r.number("wall_time_s"),
             r.results.get("trainable_params"),

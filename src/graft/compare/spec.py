@@ -25,13 +25,13 @@ from graft.config import (
     RunConfig,
     apply_override,
     config_hash,
-    read_yaml,
     set_dotted,
     validate,
 )
 from graft.errors import DataError, UsageError
 from graft.strategies import check_strategy, strategies
 from graft.strategies import strategies as strategies_registered
+from graft.yaml_file import read_yaml
 
 MANIFEST = "compare.json"
 # Fields a per-strategy override may not touch: they would break "same splits, same seeds"

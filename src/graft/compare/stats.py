@@ -103,6 +103,50 @@ def compare_to_best(best: Mapping[int, float], other: Mapping[int, float]) -> Te
 
 
 # --------------------------------------------------------------------------------------------
+# What a compare ranks by
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The metric a compare ranks strategies by, and a second one shown beside it:
+    classification ranks by accuracy (macro-F1 beside it), regression by RMSE (Spearman's ρ)."""
+
+    metric: str
+    second: str
+    name: str
+    second_name: str
+    higher_is_better: bool
+    share: bool  # a share in [0, 1], shown in percent
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.higher_is_better else a < b
+
+    def format(self, value: float | None) -> str:
+        """``91.23`` (percent) or ``0.8123``; ``–`` for a missing value."""
+        if value is None or math.isnan(value):
+            return "–"
+        return f"{100 * value:.2f}" if self.share else f"{value:.4f}"
+
+    @property
+    def unit(self) -> str:
+        return " %" if self.share else ""
+
+
+CLASSIFICATION = Ranking("accuracy", "macro_f1", "accuracy", "macro-F1", True, True)
+REGRESSION = Ranking("rmse", "spearman", "RMSE", "Spearman ρ", False, False)
+MULTILABEL = Ranking("micro_f1", "map", "micro-F1", "mAP", True, True)
+
+
+def ranking_of(records: Sequence[RunRecord]) -> Ranking:
+    """The ranking of the runs' task (classification's for runs that name none)."""
+    tasks = {r.results.get("task", "classification") for r in records}
+    if "regression" in tasks:
+        return REGRESSION
+    return MULTILABEL if "multilabel" in tasks else CLASSIFICATION
+
+
+# --------------------------------------------------------------------------------------------
 # Finished runs, grouped by strategy
 # --------------------------------------------------------------------------------------------
 
@@ -138,19 +182,22 @@ class RunRecord:
 
 @dataclass
 class StrategySummary:
-    """One leaderboard row: a strategy's statistics over its seeds."""
+    """One leaderboard row: a strategy's statistics over its seeds: ``primary`` is the
+    ranking's metric (accuracy; a regression's RMSE), ``secondary`` the one beside it, ``extra``
+    the primary metric on each extra evaluation set."""
 
     label: str
     strategy: str
     runs: list[RunRecord]
-    accuracy: Stat
-    macro_f1: Stat
+    primary: Stat
+    secondary: Stat
     extra: dict[str, Stat]
     wall_time_s: Stat
     peak_rss_mb: Stat
     trainable_params: int | None
     test: Test = field(default_factory=lambda: Test("", None))
     is_best: bool = False
+    ranking: Ranking = CLASSIFICATION
 
     @property
     def seeds(self) -> list[int]:
@@ -169,9 +216,9 @@ class StrategySummary:
             "strategy": self.strategy,
             "seeds": self.seeds,
             "runs": [r.run_dir.name for r in self.runs],
-            "accuracy": self.accuracy.to_dict(),
-            "macro_f1": self.macro_f1.to_dict(),
-            "extra_accuracy": {k: v.to_dict() for k, v in self.extra.items()},
+            self.ranking.metric: self.primary.to_dict(),
+            self.ranking.second: self.secondary.to_dict(),
+            f"extra_{self.ranking.metric}": {k: v.to_dict() for k, v in self.extra.items()},
             "wall_time_s": self.wall_time_s.to_dict(),
             "peak_rss_mb": self.peak_rss_mb.to_dict(),
             "trainable_params": self.trainable_params,
@@ -183,7 +230,8 @@ class StrategySummary:
 
 def evaluated_split(records: Sequence[RunRecord]) -> str:
     """``test`` when every run has a test set, else ``validation``."""
-    return "test" if all(r.score("accuracy", "test") is not None for r in records) else "validation"
+    metric = ranking_of(records).metric
+    return "test" if all(r.score(metric, "test") is not None for r in records) else "validation"
 
 
 def extra_names(records: Sequence[RunRecord]) -> list[str]:
@@ -196,9 +244,12 @@ def extra_names(records: Sequence[RunRecord]) -> list[str]:
 
 
 def summarize(records: Sequence[RunRecord]) -> list[StrategySummary]:
-    """Group runs by label; statistics per strategy; sorted best first (mean accuracy on the
-    test set, or on validation when a run has no test set); each compared to the best."""
+    """Group runs by label; statistics per strategy; sorted best first (mean accuracy, or a
+    regression's RMSE, on the test set, or on validation when a run has no test set); each
+    compared to the best."""
     split = evaluated_split(records)
+    ranking = ranking_of(records)
+    metric, share = ranking.metric, ranking.share
     groups: dict[str, list[RunRecord]] = {}
     for r in records:
         groups.setdefault(r.label, []).append(r)
@@ -218,31 +269,34 @@ def summarize(records: Sequence[RunRecord]) -> list[StrategySummary]:
                 label=label,
                 strategy=str(rs[0].results.get("strategy", label)),
                 runs=rs,
-                accuracy=stat(rs, lambda r: r.score("accuracy", split), share=True),
-                macro_f1=stat(rs, lambda r: r.score("macro_f1", split), share=True),
+                primary=stat(rs, lambda r: r.score(metric, split), share=share),
+                secondary=stat(rs, lambda r: r.score(ranking.second, split), share=share),
                 extra={
-                    name: stat(rs, lambda r, n=name: r.score("accuracy", n), share=True)  # type: ignore[misc]
+                    name: stat(rs, lambda r, n=name: r.score(metric, n), share=share)  # type: ignore[misc]
                     for name in extra_names(rs)
                 },
                 wall_time_s=stat(rs, lambda r: r.number("wall_time_s")),
                 peak_rss_mb=stat(rs, lambda r: r.number("peak_rss_mb")),
                 trainable_params=int(max(trainable)) if trainable else None,
+                ranking=ranking,
             )
         )
-    rows.sort(key=lambda s: -s.accuracy.mean if not math.isnan(s.accuracy.mean) else math.inf)
+    sign = -1.0 if ranking.higher_is_better else 1.0
+    rows.sort(key=lambda s: sign * s.primary.mean if not math.isnan(s.primary.mean) else math.inf)
     if rows:
         best = rows[0]
         best.is_best = True
-        by_seed = {r.seed: v for r in best.runs if (v := r.score("accuracy", split)) is not None}
+        by_seed = {r.seed: v for r in best.runs if (v := r.score(metric, split)) is not None}
         for row in rows[1:]:
-            other = {r.seed: v for r in row.runs if (v := r.score("accuracy", split)) is not None}
+            other = {r.seed: v for r in row.runs if (v := r.score(metric, split)) is not None}
             row.test = compare_to_best(by_seed, other)
     return rows
 
 
 def significance_note(rows: Sequence[StrategySummary]) -> str:
     """One sentence on what the significance marks mean here, for the report and terminal."""
-    most = max((s.accuracy.n for s in rows), default=0)
+    most = max((s.primary.n for s in rows), default=0)
+    name = rows[0].ranking.name if rows else "accuracy"
     if most < 2:
         return (
             "One seed per strategy: significance cannot be judged, and differences of a point or "
@@ -251,7 +305,7 @@ def significance_note(rows: Sequence[StrategySummary]) -> str:
     kinds = sorted({s.test.kind for s in rows if s.test.kind})
     how = " and ".join(kinds) or "t-test"
     return (
-        f"≈ marks strategies whose accuracy is not significantly different from the best "
+        f"≈ marks strategies whose {name} is not significantly different from the best "
         f"({how}, two-sided, α = {ALPHA}; paired by seed where both ran the same seeds, since "
         "seeds share the data splits). No correction for multiple comparisons. "
         "Intervals: 95% Student t over seeds."
@@ -269,8 +323,9 @@ class Gap:
     target's labels) each strategy closes, on each evaluation set both scored.
 
     ``closed[label][set]`` is ``(mean − baseline mean) / (oracle mean − baseline mean)`` of
-    the accuracies over seeds: 0 is the baseline, 1 the oracle, a negative share a method that
-    made the target worse. NaN when the oracle is no better than the baseline (no gap to close).
+    the ranking's metric over seeds (accuracy; a regression's RMSE): 0 is the baseline, 1 the
+    oracle, a negative share a method that made the target worse. NaN when the oracle is no
+    better than the baseline (no gap to close).
     """
 
     baseline: str
@@ -291,6 +346,7 @@ def gap_closed(
     by_label = {row.label: row for row in rows}
     if baseline not in by_label:
         raise ValueError(f"no strategy is labelled {baseline!r} (labels: {', '.join(by_label)})")
+    ranking = rows[0].ranking
     sets = [name for name in extra_names(oracle_runs) if name in by_label[baseline].extra]
     if not sets:
         raise ValueError(
@@ -298,8 +354,8 @@ def gap_closed(
         )
     oracle = {
         name: describe(
-            [v for r in oracle_runs if (v := r.score("accuracy", name)) is not None],
-            bounds=(0.0, 1.0),
+            [v for r in oracle_runs if (v := r.score(ranking.metric, name)) is not None],
+            bounds=(0.0, 1.0) if ranking.share else (-math.inf, math.inf),
         )
         for name in sets
     }
@@ -310,5 +366,6 @@ def gap_closed(
             base = by_label[baseline].extra[name].mean
             span = oracle[name].mean - base
             mean = row.extra[name].mean if name in row.extra else math.nan
-            closed[row.label][name] = (mean - base) / span if span > 0 else math.nan
+            better = ranking.better(oracle[name].mean, base)
+            closed[row.label][name] = (mean - base) / span if better else math.nan
     return Gap(baseline, sets, oracle, closed)

@@ -34,7 +34,7 @@ from typing import Any
 
 from graft.compare.execute import load_record, run_one
 from graft.compare.spec import PlannedRun
-from graft.compare.stats import RunRecord
+from graft.compare.stats import RunRecord, ranking_of
 from graft.console import RunLog
 from graft.errors import GraftError, UsageError
 from graft.rundir import run_state
@@ -93,8 +93,12 @@ def latest_trials(study: Any) -> dict[str, Any]:
 
 
 def _accuracy(record: RunRecord) -> float:
-    acc = record.score("accuracy", "test") or record.score("accuracy", "validation")
-    return float(acc) if acc is not None else 0.0
+    """The run's value in the study: its ranking metric (accuracy; a regression's RMSE). A
+    compare's study only hands out runs: the value informs, it steers no sampler."""
+    metric = ranking_of([record]).metric
+    value = record.score(metric, "test")
+    value = record.score(metric, "validation") if value is None else value
+    return float(value) if value is not None else 0.0
 
 
 def open_compare_study(plan: WorkerPlan, log: RunLog) -> tuple[Any, Any]:

@@ -34,6 +34,7 @@ class DatasetInfo:
     label_order: tuple[str, ...]
     description: str
     loader: Loader = field(repr=False, compare=False)
+    task: str = "classification"  # regression: the labels are numbers
 
     @property
     def default_split(self) -> str:
@@ -63,6 +64,7 @@ def register_dataset(
     splits: Sequence[str],
     description: str,
     label_order: Sequence[str] = (),
+    task: str = "classification",
 ) -> Callable[[Loader], Loader]:
     """Decorator registering ``fn(split) -> Examples`` as the named dataset ``name``.
 
@@ -76,7 +78,7 @@ def register_dataset(
         if not splits:
             raise ValueError(f"dataset {name!r} must declare at least one split")
         _REGISTRY[name] = DatasetInfo(
-            name, modality, tuple(splits), tuple(label_order), description, fn
+            name, modality, tuple(splits), tuple(label_order), description, fn, task
         )
         return fn
 
@@ -186,6 +188,44 @@ def _mnist5k(split: str) -> Examples:
     return read_mnist_csv(assets.mnist5k_csv(), f"mnist5k:{split}")
 
 
+#: How many multi-digit images each split of ``multi_mnist`` has.
+MULTI_MNIST_SIZES = {"train": 3000, "test": 1000}
+
+
+@register_dataset(
+    "multi_mnist",
+    modality="image",
+    splits=("train", "test"),
+    label_order=DIGIT_CLASSES,
+    description="multi-label digits: 56x56 images of a 2x2 grid, each cell an MNIST-5k digit "
+    "or blank; the labels are the digits present (train and test use disjoint digit images)",
+    task="multilabel",
+)
+def _multi_mnist(split: str) -> Examples:
+    digits = read_mnist_csv(assets.mnist5k_csv(), "mnist5k")
+    # The 5,000 digit images are shuffled once and cut 4,000 / 1,000: no digit image is in
+    # both splits. Each grid cell holds a digit with probability 1/2 (at least one per image).
+    order = np.random.default_rng(0).permutation(len(digits))
+    pool = order[:4000] if split == "train" else order[4000:]
+    rng = np.random.default_rng(1 if split == "train" else 2)
+    n = MULTI_MNIST_SIZES[split]
+    images = np.zeros((n, 56, 56), dtype=np.uint8)
+    labels: list[str] = []
+    pixels = np.asarray(digits.inputs)
+    for i in range(n):
+        filled = rng.random(4) < 0.5
+        if not filled.any():
+            filled[rng.integers(4)] = True
+        present: set[str] = set()
+        for cell in np.flatnonzero(filled):
+            k = int(rng.choice(pool))
+            row, col = divmod(int(cell), 2)
+            images[i, 28 * row : 28 * row + 28, 28 * col : 28 * col + 28] = pixels[k]
+            present.add(digits.labels[k])
+        labels.append("|".join(sorted(present, key=int)))
+    return Examples("image", images, labels, f"multi_mnist:{split}")
+
+
 @register_dataset(
     "digits",
     modality="image",
@@ -207,10 +247,12 @@ def _digits(split: str) -> Examples:
 SENTIMENT_CLASSES = ("negative", "positive")
 
 
-def read_vader(path: Path, origin: str) -> Examples:
+def read_vader(path: Path, origin: str, scores: bool = False) -> Examples:
     """Read a VADER ``*_GroundTruth.txt`` file (``id<TAB>score<TAB>text``, CRLF, UTF-8).
 
     The label is the sign of the mean human rating; the few items rated exactly 0 are dropped.
+    ``scores``: the label is the mean rating itself (−4 … +4, as written in the file), every
+    rated snippet kept: a regression target.
     """
     try:
         text = path.read_bytes().decode("utf-8")
@@ -222,6 +264,7 @@ def read_vader(path: Path, origin: str) -> Examples:
         ) from None
     texts: list[str] = []
     labels: list[str] = []
+    lines: list[int] = []
     # split("\n") rather than splitlines(): the snippets may hold other Unicode line breaks.
     for line_no, line in enumerate(text.split("\n"), start=1):
         line = line.rstrip("\r")
@@ -237,13 +280,14 @@ def read_vader(path: Path, origin: str) -> Examples:
                 f"{path}: line {line_no}: expected id<TAB>score<TAB>text", hint=assets.FETCH_HINT
             ) from None
         snippet = parts[2].strip()
-        if score == 0 or not snippet:
+        if not snippet or (score == 0 and not scores):
             continue
         texts.append(snippet)
-        labels.append("positive" if score > 0 else "negative")
+        labels.append(parts[1].strip() if scores else "positive" if score > 0 else "negative")
+        lines.append(line_no)
     if not texts:
         raise DataError(f"{path}: no rated snippets", hint=assets.FETCH_HINT)
-    return Examples("text", texts, labels, origin)
+    return Examples("text", texts, labels, origin, lines)
 
 
 _VADER = {
@@ -264,6 +308,9 @@ def _register_vader(name: str, filename: str, what: str) -> None:
     def load(split: str) -> Examples:
         return read_vader(assets.vader_dir() / filename, f"{name}:{split}")
 
+    def load_scores(split: str) -> Examples:
+        return read_vader(assets.vader_dir() / filename, f"{name}_score:{split}", scores=True)
+
     register_dataset(
         name,
         modality="text",
@@ -271,6 +318,14 @@ def _register_vader(name: str, filename: str, what: str) -> None:
         label_order=SENTIMENT_CLASSES,
         description=f"VADER {what}: binary sentiment (sign of the human rating; zeros dropped)",
     )(load)
+    register_dataset(
+        f"{name}_score",
+        modality="text",
+        splits=("all",),
+        label_order=(),
+        description=f"VADER {what}: the mean human rating, −4 … +4 (regression)",
+        task="regression",
+    )(load_scores)
 
 
 for _name, (_file, _what) in _VADER.items():

@@ -333,7 +333,7 @@ def _delimiter_name(delimiter: str) -> str:
 
 def _read_delimited(
     path: Path, text: str, delimiter: str, text_column: str, label_column: str, detected: bool
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[int]]:
     csv.field_size_limit(FIELD_LIMIT)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     seen = f" (read as separated by {_delimiter_name(delimiter)}" + (
@@ -363,6 +363,7 @@ def _read_delimited(
 
         texts: list[str] = []
         labels: list[str] = []
+        lines: list[int] = []
         prev_end = reader.line_num
         for row in reader:
             line = prev_end + 1  # where this record starts (a quoted field may span lines)
@@ -387,17 +388,19 @@ def _read_delimited(
                 )
             texts.append(t)
             labels.append(lab)
+            lines.append(line)
     except csv.Error as e:
         kind = "TSV" if delimiter == "\t" else "CSV"
         raise DataError(f"{path}: line {reader.line_num}: malformed {kind}: {e}") from None
-    return texts, labels
+    return texts, labels, lines
 
 
 def _read_jsonl(
     path: Path, text: str, text_column: str, label_column: str
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[int]]:
     texts: list[str] = []
     labels: list[str] = []
+    lines: list[int] = []
     hint = 'JSON Lines: one object per line, e.g. {"text": "great film", "label": "pos"}'
     # split("\n"), not splitlines(): the latter also breaks on U+2028 etc., which JSON allows
     # inside strings, and would then misreport line numbers.
@@ -442,11 +445,22 @@ def _read_jsonl(
                 f"{path}: line {line_no}: the label in {label_column!r} is {lab}, not a class",
                 hint="give every row its class, or drop the rows without one",
             )
-        if lab is None or isinstance(lab, (dict, list)) or not _label_str(lab):
+        if isinstance(lab, list):  # several labels (multi-label): kept as a JSON list
+            if not all(isinstance(x, str | int) and _label_str(x) for x in lab):
+                raise DataError(
+                    f"{path}: line {line_no}: a label list in {label_column!r} holds an empty "
+                    "or non-scalar label"
+                )
+            texts.append(t)
+            labels.append(json.dumps([_label_str(x) for x in lab]))
+            lines.append(line_no)
+            continue
+        if lab is None or isinstance(lab, dict) or not _label_str(lab):
             raise DataError(f"{path}: line {line_no}: empty or invalid label in {label_column!r}")
         texts.append(t)
         labels.append(_label_str(lab))
-    return texts, labels
+        lines.append(line_no)
+    return texts, labels, lines
 
 
 def read_table(
@@ -469,11 +483,11 @@ def read_table(
     fmt = table_format(p, format)
     text = _decode_text(p)
     if fmt == "jsonl":
-        texts, labels = _read_jsonl(p, text, text_column, label_column)
+        texts, labels, lines = _read_jsonl(p, text, text_column, label_column)
     else:
         detected = fmt == "csv" and delimiter is None
         sep = "\t" if fmt == "tsv" else delimiter or detect_delimiter(text)
-        texts, labels = _read_delimited(p, text, sep, text_column, label_column, detected)
+        texts, labels, lines = _read_delimited(p, text, sep, text_column, label_column, detected)
     if not texts:
         raise DataError(f"{p}: no data rows", hint="expected one labeled text per row")
-    return Examples("text", texts, labels, str(p))
+    return Examples("text", texts, labels, str(p), lines)

@@ -18,6 +18,13 @@ from graft.data.sources import (
     read_table,
     require_file_or_folder,
 )
+from graft.data.targets import (
+    Standardizer,
+    label_sets,
+    numeric_targets,
+    rarest_label_keys,
+    strata,
+)
 from graft.data.types import Examples, LabelMap, Splits, natural_key
 from graft.errors import DataError, UsageError
 
@@ -114,14 +121,29 @@ def _seed(seed: int, k: int) -> int:
 
 
 def _split_indexes(
-    labels: Sequence[str], n_out: int, seed: int, origin: str, what: str
+    labels: Sequence[str], n_out: int, seed: int, origin: str, what: str, binned: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indexes (kept, taken out) with ``n_out`` taken out, stratified by label when possible."""
+    """Indexes (kept, taken out) with ``n_out`` taken out, stratified by label when possible
+    (``binned``: the keys are strata — a regression's quantile bins, a multi-label example's
+    rarest label — not classes that training must keep)."""
     from sklearn.model_selection import train_test_split  # slow import: only when splitting
 
     n = len(labels)
     idx = np.arange(n)
     counts = Counter(labels)
+    if binned:
+        if n - n_out < 2:
+            raise DataError(
+                f"{origin}: too few examples ({n}) to carve {n_out} for {what}",
+                hint=f"add data, lower the {what} fraction, or give a separate {what} set",
+            )
+        try:
+            kept, out = train_test_split(
+                idx, test_size=n_out, stratify=np.asarray(labels), random_state=seed
+            )
+        except ValueError:  # too few per bin: a plain seeded split
+            kept, out = train_test_split(idx, test_size=n_out, random_state=seed)
+        return np.sort(kept), np.sort(out)
     rare = sorted((c for c, k in counts.items() if k < 2), key=natural_key)
     if rare:
         shown = ", ".join(repr(c) for c in rare[:5]) + (" ..." if len(rare) > 5 else "")
@@ -150,8 +172,11 @@ def _split_indexes(
     return np.sort(kept), np.sort(out)
 
 
-def _subsample(ex: Examples, size: int | None, seed: int, what: str) -> Examples:
-    """At most ``size`` examples of ``ex``, stratified; all of them if ``size`` >= len(ex)."""
+def _subsample(
+    ex: Examples, size: int | None, seed: int, what: str, task: str = "classification"
+) -> Examples:
+    """At most ``size`` examples of ``ex``, stratified (by :func:`strata_of` for a regression
+    or multi-label task); all of them if ``size`` >= len(ex)."""
     if size is None or size >= len(ex):
         return ex
     if size < 1:
@@ -159,9 +184,10 @@ def _subsample(ex: Examples, size: int | None, seed: int, what: str) -> Examples
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(ex))
+    keys = strata_of(ex, task)
     try:
         kept, _ = train_test_split(
-            idx, train_size=size, stratify=np.asarray(ex.labels), random_state=seed
+            idx, train_size=size, stratify=np.asarray(keys), random_state=seed
         )
     except ValueError:
         # A class with a single example, or fewer slots than classes: a plain random subset
@@ -169,6 +195,16 @@ def _subsample(ex: Examples, size: int | None, seed: int, what: str) -> Examples
         kept = np.random.default_rng(seed).choice(len(ex), size=size, replace=False)
     # Original order: a subset reads like its source, and the training loop shuffles anyway.
     return ex.subset(np.sort(kept))
+
+
+def strata_of(ex: Examples, task: str) -> Sequence[str]:
+    """The keys a split of ``ex`` is stratified by: the class (classification), the quantile
+    bin of the target (regression), the rarest label of the set (multi-label)."""
+    if task == "regression":
+        return strata(numeric_targets(ex))
+    if task == "multilabel":
+        return rarest_label_keys(label_sets(ex))
+    return ex.labels
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -190,6 +226,8 @@ def make_splits(
     extra_size: int | None = None,
     seed: int = 0,
     label_order: Sequence[str] | None = None,
+    task: str = "classification",
+    target_name: str = "label",
 ) -> Splits:
     """Build train/validation/test splits and the label map, deterministically from ``seed``.
 
@@ -200,7 +238,13 @@ def make_splits(
     size above what exists means all). The label map comes from the final training labels, in
     ``label_order`` (a named set's canonical order) if given; validation, test and extra sets
     may only use labels that training has.
+
+    ``task="regression"``: labels are numbers (an error names the file and line of one that is
+    not), splits are stratified by quantile bins of the targets, the label map names the one
+    output (``target_name``) and ``scale`` holds the training targets' mean and std.
     """
+    regression = task == "regression"
+    binned = task != "classification"
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)
     carve_val = validation is None
@@ -220,11 +264,18 @@ def make_splits(
                 f"{train.origin} is {train.modality}"
             )
 
+    for ex in [train, validation, test, *(extra or {}).values()] if binned else []:
+        if ex is not None:  # every label read, before any split hides a bad one
+            numeric_targets(ex) if regression else label_sets(ex)
+
+    def keys(ex: Examples) -> Sequence[str]:
+        return strata_of(ex, task)
+
     n = len(train)
     pool = train
     if carve_test:
         n_test = max(1, round(test_fraction * n))
-        kept, out = _split_indexes(pool.labels, n_test, _seed(seed, 0), train.origin, "test")
+        kept, out = _split_indexes(keys(pool), n_test, _seed(seed, 0), train.origin, "test", binned)
         test = pool.subset(out, origin=f"{train.origin} (test part)")
         pool = pool.subset(kept)
     if carve_val:
@@ -232,19 +283,36 @@ def make_splits(
         where = (
             f"{train.origin} (what is left after the test split)" if carve_test else train.origin
         )
-        kept, out = _split_indexes(pool.labels, n_val, _seed(seed, 1), where, "validation")
+        kept, out = _split_indexes(keys(pool), n_val, _seed(seed, 1), where, "validation", binned)
         validation = pool.subset(out, origin=f"{train.origin} (validation part)")
         pool = pool.subset(kept)
     assert validation is not None
 
-    pool = _subsample(pool, train_size, _seed(seed, 2), "train")
-    validation = _subsample(validation, val_size, _seed(seed, 3), "val")
+    pool = _subsample(pool, train_size, _seed(seed, 2), "train", task)
+    validation = _subsample(validation, val_size, _seed(seed, 3), "val", task)
     if test is not None:
-        test = _subsample(test, test_size, _seed(seed, 4), "test")
+        test = _subsample(test, test_size, _seed(seed, 4), "test", task)
     extra = {
-        k: _subsample(v, extra_size, _seed(seed, 5), "extra") for k, v in (extra or {}).items()
+        k: _subsample(v, extra_size, _seed(seed, 5), "extra", task)
+        for k, v in (extra or {}).items()
     }
+    if regression:
+        fitted = Standardizer.fit(numeric_targets(pool), pool.origin)
+        return Splits(
+            pool,
+            validation,
+            test,
+            dict(extra),
+            LabelMap((target_name,)),
+            scale=(fitted.mean, fitted.std),
+        )
 
+    if task == "multilabel":  # the classes are the single labels, each set checked known
+        label_map = LabelMap.from_labels([x for s in label_sets(pool) for x in s])
+        for ex in [validation, test, *extra.values()]:
+            if ex is not None:
+                label_map.encode([x for s in label_sets(ex) for x in s], ex.origin)
+        return Splits(pool, validation, test, dict(extra), label_map)
     label_map = LabelMap.from_labels(pool.labels, order=label_order)
     # Also catches training labels missing from label_order (from_labels would drop them).
     label_map.encode(pool.labels, pool.origin)

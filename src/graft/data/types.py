@@ -22,13 +22,15 @@ class Examples:
     ``inputs`` is, for images, either a ``uint8`` array of shape (N, H, W) or (N, H, W, C) held in
     memory, or a list of image file paths read lazily; for text, a list of strings.
     ``labels`` are label *names* (strings); a :class:`LabelMap` turns them into class indexes.
-    ``origin`` says where the examples came from, for messages ("fashion_mnist:train", a path).
+    ``origin`` says where the examples came from, for messages ("fashion_mnist:train", a path);
+    ``lines``, where a file was read, the line each example starts on (for messages too).
     """
 
     modality: Modality
     inputs: np.ndarray | list[Path] | list[str]
     labels: list[str]
     origin: str
+    lines: list[int] | None = None
 
     def __post_init__(self) -> None:
         if len(self.inputs) != len(self.labels):
@@ -39,6 +41,12 @@ class Examples:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def where(self, index: int) -> str:
+        """Where example ``index`` came from: ``file: line N``, or ``origin: example N``."""
+        if self.lines is not None:
+            return f"{self.origin}: line {self.lines[index]}"
+        return f"{self.origin}: example {index + 1}"
+
     def subset(self, indexes: Sequence[int] | np.ndarray, origin: str | None = None) -> Examples:
         """The examples at ``indexes``, in that order."""
         idx = np.asarray(indexes, dtype=np.int64)
@@ -46,7 +54,9 @@ class Examples:
             inputs: np.ndarray | list[Path] | list[str] = self.inputs[idx]
         else:
             inputs = [self.inputs[i] for i in idx]  # type: ignore[misc]
-        return Examples(self.modality, inputs, [self.labels[i] for i in idx], origin or self.origin)
+        lines = None if self.lines is None else [self.lines[i] for i in idx]
+        labels = [self.labels[i] for i in idx]
+        return Examples(self.modality, inputs, labels, origin or self.origin, lines)
 
 
 def natural_key(name: str) -> tuple[int, float | str]:
@@ -116,3 +126,5 @@ class Splits:
     test: Examples | None
     extra: dict[str, Examples] = field(default_factory=dict)
     label_map: LabelMap = field(default=LabelMap(()))
+    # Regression: the training targets' (mean, std); the label map names the one output.
+    scale: tuple[float, float] | None = None

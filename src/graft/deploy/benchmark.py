@@ -112,6 +112,7 @@ def benchmark(
     """Measure every model of ``models`` (the first is the reference; PyTorch models once per
     precision of ``precisions``); write ``benchmark.json``,
     ``benchmark.csv`` and ``report.html`` into ``output``; return the results."""
+    from graft.artifact import require_classifier
     from graft.deploy.variants import backend_of, load_predictor, model_folder
 
     if repeats < 1 or warmup < 0:
@@ -123,7 +124,7 @@ def benchmark(
     # Every path is checked before the first minute of measuring.
     kinds = [backend_of(model_folder(m)) for m in models]
     for model in models:
-        load_predictor(model, backend)
+        require_classifier(load_predictor(model, backend), "graft benchmark")
     options = {
         "batch_sizes": list(batch_sizes),
         "repeats": repeats,

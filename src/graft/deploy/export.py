@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graft.artifact import LoadedModel
+from graft.artifact import LoadedModel, require_classifier
 from graft.atomic import check_target, staged_dir
 from graft.deploy.variants import load_predictor
 from graft.errors import UsageError
@@ -44,6 +44,7 @@ def export(
     target = Path(output)
     check_target(target, force)
     model = load_predictor(model_path, "torch")
+    require_classifier(model, "graft export")
     assert isinstance(model, LoadedModel)
     write = exporter(fmt)
     with staged_dir(target, f"{fmt} export") as tmp:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from graft.artifact import WEIGHTS, LoadedModel, load_model, save_model
+from graft.artifact import WEIGHTS, LoadedModel, load_model, require_classifier, save_model
 from graft.atomic import atomic_write_text, check_target, staged_dir
 from graft.config import load_config
 from graft.deploy.structured import check_structured, prune_structured
@@ -191,6 +191,7 @@ class Source:
 
     def load(self) -> LoadedModel:
         loaded = load_model(self.path)
+        require_classifier(loaded, "graft prune")
         if self.run_dir is not None and self.sets is None:
             self.sets = eval_sets(self.run_dir, loaded.backbone, list(loaded.label_map.names))
         return loaded

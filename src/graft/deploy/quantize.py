@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from graft.artifact import LoadedModel, Predictor
+from graft.artifact import LoadedModel, Predictor, require_classifier
 from graft.atomic import atomic_write_text, check_target, staged_dir
 from graft.data.types import Examples
 from graft.deploy.onnx_export import export_onnx
@@ -195,6 +195,7 @@ def quantize(
     target = Path(output)
     check_target(target, force)
     source = load_predictor(model_path)
+    require_classifier(source, "graft quantize")
     chosen = resolve_method(method, source)
     if isinstance(source, OnnxModel) and "quantization" in source.meta:
         raise UsageError(f"{source.folder}: is quantized already; quantize the fp32 model")

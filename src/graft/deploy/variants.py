@@ -128,7 +128,7 @@ def variant_sets(model: Predictor, names: tuple[str, ...] = ("test",)) -> dict[s
             "name the data (--dataset / --path)",
         )
     config = load_config(run_dir / CONFIG)
-    splits = load_splits(config.data)
+    splits = load_splits(config.data, config.task)
     recorded = read_run_meta(run_dir).get("data_fingerprint")
     if recorded is not None and recorded != data_fingerprint(splits, unlabeled_sets(config)):
         raise DataError(

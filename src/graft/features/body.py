@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from graft.distributed import active, all_ranks, gather_batches, my_positions
 from graft.features.keys import body_key
 from graft.features.store import FeatureStore, origin
-from graft.pipeline import Batch, batches_once, same_batches
+from graft.pipeline import Batch, batches_once, empty_targets, same_batches
 from graft.runtime import Precision, autocast, no_grad_eval
 from graft.strategies.plan import Phase
 
@@ -90,7 +90,7 @@ def compute_features(
         return FeatureBatches(found["features"], found["targets"], from_store=True)
     n = len(data)
     features: torch.Tensor | None = None
-    targets = torch.empty(n, dtype=torch.long)
+    targets = empty_targets(data, n)  # class indexes, or a regression's or multi-label's
 
     def fill(index: list[int], out: torch.Tensor, y: torch.Tensor) -> None:
         nonlocal features

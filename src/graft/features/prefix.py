@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from graft.features.keys import feature_key
 from graft.features.store import FeatureStore, origin
-from graft.pipeline import Batch, batches_once, same_batches, to_device
+from graft.pipeline import Batch, batches_once, empty_targets, same_batches, to_device
 from graft.runtime import Precision, autocast, no_grad_eval
 
 
@@ -219,7 +219,7 @@ def _activations(
         return (rows if found["text"].item() else [r[0] for r in rows]), found["targets"], True
     n = len(data)
     out: list[torch.Tensor | None] = [None] * n
-    targets = torch.empty(n, dtype=torch.long)
+    targets = empty_targets(data, n)  # class indexes, or a regression's or multi-label's
     text = False
     for index, batch in batches_once(loader, device):
         with autocast(device, precision):

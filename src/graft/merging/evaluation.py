@@ -149,7 +149,7 @@ def eval_sets(run_dir: Path, backbone: Backbone, label_names: list[str]) -> Eval
     the run's config: a changed dataset (another fingerprint than the run's) is refused, since
     the numbers would not be comparable with the run's own."""
     config = load_config(run_dir / CONFIG)
-    splits = load_splits(config.data)
+    splits = load_splits(config.data, config.task)
     if list(splits.label_map.names) != list(label_names):
         raise DataError(
             f"{run_dir / CONFIG}: its data has the classes {list(splits.label_map.names)}, the "

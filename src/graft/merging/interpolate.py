@@ -27,7 +27,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from graft.artifact import META, LoadedModel, load_model
+from graft.artifact import META, LoadedModel, load_model, require_classifier
 from graft.atomic import check_target
 from graft.config import RunConfig, load_config
 from graft.errors import DataError, UsageError
@@ -264,6 +264,7 @@ def interpolate(
     set_threads(None)
     keep_freed_memory()
     ft = load_model(run_dir / MODEL_DIR)
+    require_classifier(ft, "graft interpolate")
     source = read_results(run_dir / "results.json")
     sets = eval_sets(run_dir, ft.backbone, list(ft.label_map.names))
     select = check_select(select, sets)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from graft.artifact import LoadedModel, load_model
+from graft.artifact import LoadedModel, load_model, require_classifier
 from graft.atomic import check_target
 from graft.compare.records import collect_runs
 from graft.errors import UsageError
@@ -87,6 +87,8 @@ def soup(
     models: list[tuple[str, LoadedModel]] = [
         (str(r.run_dir), load_model(r.run_dir / MODEL_DIR)) for r in records
     ]
+    for _, ingredient in models:
+        require_classifier(ingredient, "graft soup")
     check_same_model([models[i] for i in order])
     head = models[order[0]][1]
     sets = eval_sets(best.run_dir, head.backbone, list(head.label_map.names))

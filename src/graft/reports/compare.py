@@ -30,12 +30,13 @@ from graft.compare.records import check_comparable, collect_runs
 from graft.compare.spec import MANIFEST, read_manifest
 from graft.compare.stats import (
     Gap,
+    Ranking,
     RunRecord,
-    Stat,
     StrategySummary,
     evaluated_split,
     extra_names,
     gap_closed,
+    ranking_of,
     significance_note,
     summarize,
 )
@@ -47,15 +48,18 @@ from graft.reports.compare_figures import (
     curves_grid,
     shift_figure,
 )
+from graft.reports.compare_gap import gap_html
 from graft.reports.figures import confusion_figure, figure_to_img_tag
 from graft.reports.html import (
     Markup,
     format_duration,
+    format_float,
     format_int,
     format_pct,
     html_table,
     key_value_table,
     page,
+    pm,
     scalar_text,
 )
 from graft.reports.run import per_class_table
@@ -96,17 +100,6 @@ details pre { margin: 0.5rem 0; }
 # --------------------------------------------------------------------------------------------
 
 
-def _pm(stat: Stat) -> Markup:
-    """``91.23 ± 0.41`` (percent) with the 95% interval below, or the single value."""
-    if math.isnan(stat.mean):
-        return Markup("–")
-    text = f"{100 * stat.mean:.2f}"
-    if not math.isnan(stat.std):
-        text += f" ± {100 * stat.std:.2f}"
-        text += f'<br><span class="ci">[{100 * stat.low:.2f}, {100 * stat.high:.2f}]</span>'
-    return Markup(text)
-
-
 def _badge(row: StrategySummary) -> Markup:
     if row.is_best:
         return Markup('<span class="badge best">best</span>')
@@ -129,13 +122,16 @@ def leaderboard_html(
     rows: Sequence[StrategySummary], split: str, extras: Sequence[str], palette: dict[str, str]
 ) -> str:
     """The leaderboard table (``id="leaderboard"``): one row per strategy, best first."""
+    ranking = rows[0].ranking
+    short = "acc." if ranking.metric == "accuracy" else ranking.name
+    share = ranking.share
     headers = [
         "#",
         "strategy",
         "seeds",
-        f"{split} acc. %",
-        "macro-F1 %",
-        *[f"{e} acc. %" for e in extras],
+        f"{split} {short}{ranking.unit}",
+        f"{ranking.second_name}{ranking.unit}",
+        *[f"{e} {short}{ranking.unit}" for e in extras],
         "time",
         "trainable",
         "peak mem.",
@@ -152,10 +148,10 @@ def leaderboard_html(
             [
                 rank,
                 Markup(name),
-                row.accuracy.n,
-                _pm(row.accuracy),
-                _pm(row.macro_f1),
-                *[_pm(row.extra[e]) if e in row.extra else "–" for e in extras],
+                row.primary.n,
+                pm(row.primary, share),
+                pm(row.secondary, share),
+                *[pm(row.extra[e], share) if e in row.extra else "–" for e in extras],
                 format_duration(row.wall_time_s.mean),
                 format_int(row.trainable_params),
                 "–" if math.isnan(peak) else f"{peak:,.0f} MiB",
@@ -182,14 +178,20 @@ def leaderboard_html(
     return f'<div class="table-wrap">{table}</div>'
 
 
+def _value(value: float, ranking: Ranking) -> str:
+    """A mean of the ranking's metric as the report writes it: ``91.2%`` or ``0.8123``."""
+    return format_pct(value) if ranking.share else format_float(value)
+
+
 def _cards(rows: Sequence[StrategySummary], split: str) -> str:
     """The answer first: the best strategy, the cheapest one statistically tied with it."""
     best = rows[0]
+    ranking = best.ranking
     cards = [
         (
-            "best " + split + " accuracy",
+            f"best {split} {ranking.name}",
             best.label,
-            f"{format_pct(best.accuracy.mean)} over {best.accuracy.n} seed(s)",
+            f"{_value(best.primary.mean, ranking)} over {best.primary.n} seed(s)",
         )
     ]
     tied = [r for r in rows if r.tied_with_best]
@@ -201,7 +203,7 @@ def _cards(rows: Sequence[StrategySummary], split: str) -> str:
             (
                 "fastest run not significantly worse",
                 cheapest.label,
-                f"{format_pct(cheapest.accuracy.mean)} in "
+                f"{_value(cheapest.primary.mean, ranking)} in "
                 f"{format_duration(cheapest.wall_time_s.mean)} vs. "
                 f"{format_duration(best.wall_time_s.mean)}",
             )
@@ -227,48 +229,15 @@ def _cards(rows: Sequence[StrategySummary], split: str) -> str:
     )
 
 
-def gap_html(gap: Gap, rows: Sequence[StrategySummary], palette: dict[str, str]) -> str:
-    """The share of the baseline → oracle gap each strategy closes (``id="gap"``)."""
-    headers = ["strategy"]
-    for name in gap.sets:
-        headers += [f"{name} acc. %", f"{name}: gap closed"]
-    body: list[list[Any]] = []
-    for row in sorted(rows, key=lambda r: -_first(gap.closed[r.label], gap.sets)):
-        swatch = f'<span class="swatch" style="background:{palette[row.label]}"></span>'
-        name = f'<span class="nowrap">{swatch}{html.escape(row.label)}</span>'
-        if row.label == gap.baseline:
-            name += ' <span class="ci">(baseline)</span>'
-        cells: list[Any] = [Markup(name)]
-        for s in gap.sets:
-            share = gap.closed[row.label][s]
-            cells += [
-                _pm(row.extra[s]) if s in row.extra else "–",
-                "–" if math.isnan(share) else f"{share:+.2f}",
-            ]
-        body.append(cells)
-    oracle: list[Any] = ["oracle"]
-    for s in gap.sets:
-        oracle += [_pm(gap.oracle[s]), "1"]
-    body.append(oracle)
-    numeric = range(1, len(headers))
-    table = html_table(headers, body, numeric=numeric, table_id="gap")
-    return (
-        f'<div class="table-wrap">{table}</div><p class="note">Gap closed: (strategy − '
-        f"{html.escape(gap.baseline)}) / (oracle − {html.escape(gap.baseline)}) of the mean "
-        "accuracies over seeds: 0 is the baseline, 1 the oracle (trained with the target's "
-        "labels), below 0 worse than the baseline. Only the target's scores are compared: the "
-        "oracle trained on other data, so it is not a row of the leaderboard.</p>"
-    )
-
-
-def _first(closed: dict[str, float], sets: Sequence[str]) -> float:
-    value = closed[sets[0]]
-    return -math.inf if math.isnan(value) else value
-
-
 def _runs_table(
     records: Sequence[RunRecord], split: str, extras: Sequence[str], report_path: Path
 ) -> str:
+    ranking = ranking_of(records)
+    metric, second = ranking.metric, ranking.second
+
+    def shown(value: float | None) -> str:
+        return format_pct(value) if ranking.share else format_float(value)
+
     rows = []
     for r in sorted(records, key=lambda r: (r.label, r.seed)):
         link = r.run_dir / REPORT
@@ -281,9 +250,9 @@ def _runs_table(
                 name,
                 r.label,
                 r.seed,
-                format_pct(r.score("accuracy", split)),
-                format_pct(r.score("macro_f1", split)),
-                *[format_pct(r.score("accuracy", e)) for e in extras],
+                shown(r.score(metric, split)),
+                shown(r.score(second, split)),
+                *[shown(r.score(metric, e)) for e in extras],
                 scalar_text(r.results.get("best_epoch")),
                 len(r.history),
                 format_duration(r.number("wall_time_s")),
@@ -295,9 +264,9 @@ def _runs_table(
         "run",
         "strategy",
         "seed",
-        f"{split} acc",
-        "macro-F1",
-        *[f"“{e}” acc" for e in extras],
+        f"{split} {ranking.name}",
+        ranking.second_name,
+        *[f"“{e}” {ranking.name}" for e in extras],
         "best epoch",
         "epochs",
         "wall time",
@@ -450,7 +419,7 @@ def render_compare_report(
     board += "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
     board += figure_to_img_tag(
         accuracy_figure(rows, split, palette),
-        alt=f"{split} accuracy per strategy with 95% intervals",
+        alt=f"{split} {rows[0].ranking.name} per strategy with 95% intervals",
     )
     sections.append(("Leaderboard", board))
     if gap is not None:
@@ -490,7 +459,7 @@ def render_compare_report(
             )
         )
 
-    best = max(rows[0].runs, key=lambda r: r.score("accuracy", split) or -1.0)
+    best = max(rows[0].runs, key=lambda r: r.score("accuracy", split) or -1.0)  # classifiers
     evaluated = best.results.get(split)
     if (
         isinstance(evaluated, dict)

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from graft.compare.stats import StrategySummary
+from graft.compare.stats import Ranking, StrategySummary
 from graft.reports.figures import new_figure, plain, series
 
 if TYPE_CHECKING:
@@ -38,27 +38,39 @@ def _style(ax: Axes) -> None:
     ax.spines[["top", "right"]].set_visible(False)
 
 
+def _scale(ranking: Ranking) -> float:
+    return 100.0 if ranking.share else 1.0
+
+
+def _axis(ranking: Ranking, where: str) -> str:
+    """An axis label: ``test accuracy (%)``, ``test RMSE``."""
+    return f"{where} {ranking.name}" + (" (%)" if ranking.share else "")
+
+
 def accuracy_figure(rows: Sequence[StrategySummary], split: str, palette: dict[str, str]) -> Figure:
-    """Each strategy's accuracy: every seed as a dot, the mean as a bar with its 95% interval."""
+    """Each strategy's accuracy (a regression's RMSE): every seed as a dot, the mean as a bar
+    with its 95% interval."""
     fig = new_figure(9.0, 0.5 * len(rows) + 1.4)
     ax = fig.subplots()
+    ranking = rows[0].ranking
+    k = _scale(ranking)
     for y, row in enumerate(rows):
         color = palette[row.label]
-        acc = row.accuracy
+        acc = row.primary
         if not math.isnan(acc.mean):
-            ax.barh(y, 100 * acc.mean, color=color, alpha=0.25, height=0.6)
+            ax.barh(y, k * acc.mean, color=color, alpha=0.25, height=0.6)
         if not math.isnan(acc.low):
             ax.errorbar(
-                100 * acc.mean,
+                k * acc.mean,
                 y,
-                xerr=[[100 * (acc.mean - acc.low)], [100 * (acc.high - acc.mean)]],
+                xerr=[[k * (acc.mean - acc.low)], [k * (acc.high - acc.mean)]],
                 fmt="none",
                 ecolor=color,
                 elinewidth=2,
                 capsize=5,
             )
         ax.scatter(
-            [100 * v for v in acc.values],
+            [k * v for v in acc.values],
             [y] * acc.n,
             color=color,
             s=22,
@@ -68,14 +80,14 @@ def accuracy_figure(rows: Sequence[StrategySummary], split: str, palette: dict[s
         )
     ax.set_yticks(range(len(rows)), [plain(r.label) for r in rows])
     ax.invert_yaxis()
-    values = [100 * v for r in rows for v in r.accuracy.values]
-    lows = [100 * r.accuracy.low for r in rows if not math.isnan(r.accuracy.low)]
+    values = [k * v for r in rows for v in r.primary.values]
+    lows = [k * r.primary.low for r in rows if not math.isnan(r.primary.low)]
     if values:
         lo = min(values + lows)
-        hi = max(values + [100 * r.accuracy.high for r in rows if not math.isnan(r.accuracy.high)])
-        pad = max(1.0, 0.08 * (hi - lo))
-        ax.set_xlim(max(0.0, lo - pad), min(100.0, hi + pad))
-    ax.set_xlabel(f"{split} accuracy (%)  ·  dots: seeds, bar: mean, whiskers: 95% interval")
+        hi = max(values + [k * r.primary.high for r in rows if not math.isnan(r.primary.high)])
+        pad = max(0.01 * k, 0.08 * (hi - lo))
+        ax.set_xlim(max(0.0, lo - pad), min(k, hi + pad) if ranking.share else hi + pad)
+    ax.set_xlabel(f"{_axis(ranking, split)}  ·  dots: seeds, bar: mean, whiskers: 95% interval")
     _style(ax)
     return fig
 
@@ -113,6 +125,16 @@ def curves_grid(rows: Sequence[StrategySummary], palette: dict[str, str]) -> Fig
         (axes[1][0], "train_accuracy", "Training accuracy"),
         (axes[1][1], "val_accuracy", "Validation accuracy"),
     ]
+    if rows and rows[0].ranking.metric == "micro_f1":  # multi-label
+        panels[2:] = [
+            (axes[1][0], "train_subset_accuracy", "Training subset accuracy"),
+            (axes[1][1], "val_map", "Validation mAP"),
+        ]
+    if rows and rows[0].ranking.metric == "rmse":  # a regression's error in its units
+        panels[2:] = [
+            (axes[1][0], "train_rmse", "Training RMSE"),
+            (axes[1][1], "val_rmse", "Validation RMSE"),
+        ]
     longest = 0
     for ax, key, title in panels:
         for row in rows:
@@ -157,13 +179,14 @@ def _cost_panel(
     split: str,
     log_x: bool,
 ) -> None:
+    ranking = rows[0].ranking
     for row in rows:
         color = palette[row.label]
         points = [
-            (x, 100 * y)
+            (x, _scale(ranking) * y)
             for r in row.runs
             if (x := r.number(cost)) is not None
-            and (y := r.score("accuracy", split)) is not None
+            and (y := r.score(ranking.metric, split)) is not None
             and (x > 0 or not log_x)
         ]
         if not points:
@@ -191,7 +214,7 @@ def _cost_panel(
         )
     if log_x:
         ax.set_xscale("log")
-    ax.set_ylabel(f"{split} accuracy (%)")
+    ax.set_ylabel(_axis(ranking, split))
     _style(ax)
 
 
@@ -202,10 +225,11 @@ def cost_figure(rows: Sequence[StrategySummary], split: str, palette: dict[str, 
     time_ax, params_ax = fig.subplots(1, 2, sharey=True)
     _cost_panel(time_ax, rows, palette, "wall_time_s", split, log_x=False)
     time_ax.set_xlabel("wall time per run (s)")
-    time_ax.set_title("Accuracy vs. wall time", fontsize=11)
+    name = rows[0].ranking.name
+    time_ax.set_title(f"{name[0].upper()}{name[1:]} vs. wall time", fontsize=11)
     _cost_panel(params_ax, rows, palette, "trainable_params", split, log_x=True)
     params_ax.set_xlabel("trainable parameters (log scale)")
-    params_ax.set_title("Accuracy vs. trainable parameters", fontsize=11)
+    params_ax.set_title(f"{name[0].upper()}{name[1:]} vs. trainable parameters", fontsize=11)
     params_ax.set_ylabel("")
     return fig
 
@@ -217,15 +241,17 @@ def shift_figure(
     is 'no loss under shift'."""
     fig = new_figure(min(5.0 * len(extras), 15.0), 4.6)
     axes = fig.subplots(1, len(extras), squeeze=False)[0]
+    ranking = rows[0].ranking
+    k, metric = _scale(ranking), ranking.metric
     for ax, extra in zip(axes, extras, strict=True):
         everything: list[float] = []
         for row in rows:
             color = palette[row.label]
             pts = [
-                (100 * x, 100 * y)
+                (k * x, k * y)
                 for r in row.runs
-                if (x := r.score("accuracy", split)) is not None
-                and (y := r.score("accuracy", extra)) is not None
+                if (x := r.score(metric, split)) is not None
+                and (y := r.score(metric, extra)) is not None
             ]
             if not pts:
                 continue
@@ -238,12 +264,12 @@ def shift_figure(
             )
         if everything:
             lo, hi = min(everything), max(everything)
-            pad = max(1.0, 0.06 * (hi - lo))
+            pad = max(0.01 * k, 0.06 * (hi - lo))
             ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "--", color="0.6", linewidth=1)
             ax.set_xlim(lo - pad, hi + pad)
             ax.set_ylim(lo - pad, hi + pad)
-        ax.set_xlabel(f"in-domain {split} accuracy (%)")
-        ax.set_ylabel(f"accuracy on “{plain(extra)}” (%)")
+        ax.set_xlabel(_axis(ranking, f"in-domain {split}"))
+        ax.set_ylabel(_axis(ranking, f"on “{plain(extra)}”:"))
         ax.set_title(f"Shift to “{plain(extra)}”", fontsize=11)
         ax.set_aspect("equal", adjustable="box")
         _style(ax)

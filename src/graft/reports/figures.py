@@ -99,20 +99,37 @@ def curves_figure(history: Sequence[Mapping[str, Any]], *, best_epoch: int | Non
     fig = new_figure(10.0, 3.8)
     loss_ax, acc_ax = fig.subplots(1, 2)
     xs, from_epochs = _epoch_axis(history)
+    regression = any("val_rmse" in record for record in history)
+    multilabel = any("val_map" in record for record in history)
     curves = [
         (loss_ax, "train_loss", "train", "C0", "-"),
         (loss_ax, "val_loss", "validation", "C1", "-"),
-        (acc_ax, "train_accuracy", "train", "C0", "-"),
-        (acc_ax, "val_accuracy", "validation", "C1", "-"),
-        (acc_ax, "val_macro_f1", "validation macro-F1", "C2", "--"),
     ]
+    if multilabel:  # the right panel: ranking quality and decisions at 0.5
+        curves += [
+            (acc_ax, "train_subset_accuracy", "train subset accuracy", "C0", "-"),
+            (acc_ax, "val_map", "validation mAP", "C1", "-"),
+            (acc_ax, "val_micro_f1", "validation micro-F1", "C2", "--"),
+        ]
+    elif regression:  # the right panel: the error in the targets' units
+        curves += [
+            (acc_ax, "train_rmse", "train", "C0", "-"),
+            (acc_ax, "val_rmse", "validation", "C1", "-"),
+            (acc_ax, "val_mae", "validation MAE", "C2", "--"),
+        ]
+    else:
+        curves += [
+            (acc_ax, "train_accuracy", "train", "C0", "-"),
+            (acc_ax, "val_accuracy", "validation", "C1", "-"),
+            (acc_ax, "val_macro_f1", "validation macro-F1", "C2", "--"),
+        ]
     marker = "o" if len(xs) <= 30 else None
     for ax, key, label, color, style in curves:
         ys = series(history, key)
         if any(not math.isnan(y) for y in ys):
             ax.plot(xs, ys, style, color=color, label=label, marker=marker, markersize=3.5)
     loss_ax.set_title("Loss")
-    acc_ax.set_title("Accuracy")
+    acc_ax.set_title("RMSE" if regression else "mAP, F1" if multilabel else "Accuracy")
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)

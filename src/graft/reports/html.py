@@ -10,7 +10,10 @@ import html
 import json
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from graft.compare.stats import Stat
 
 
 def as_number(value: Any) -> float | None:
@@ -197,3 +200,17 @@ def page(
 def _slug(text: str) -> str:
     slug = "".join(c.lower() if c.isalnum() else "-" for c in text).strip("-")
     return html.escape(slug or "section")
+
+
+def pm(stat: Stat, share: bool = True) -> Markup:
+    """``91.23 ± 0.41`` (a share, in percent; else ``1.2345 ± 0.0123``) with the 95% interval
+    below, or the single value."""
+    if math.isnan(stat.mean):
+        return Markup("–")
+    scale, digits = (100.0, 2) if share else (1.0, 4)
+    text = f"{scale * stat.mean:.{digits}f}"
+    if not math.isnan(stat.std):
+        text += f" ± {scale * stat.std:.{digits}f}"
+        low, high = scale * stat.low, scale * stat.high
+        text += f'<br><span class="ci">[{low:.{digits}f}, {high:.{digits}f}]</span>'
+    return Markup(text)

@@ -48,12 +48,45 @@ def _metrics_dict(value: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+#: The scores of one set, per task other than classification, as (key, label).
+TASK_SCORES = {
+    "regression": (("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R²"), ("spearman", "ρ")),
+    "multilabel": (
+        ("map", "mAP"),
+        ("micro_f1", "micro-F1"),
+        ("macro_f1", "macro-F1"),
+        ("subset_accuracy", "subset acc."),
+    ),
+}
+
+
+def task_rows(results: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A regression's or multi-label run's rows: the task's scores of each evaluated set."""
+    sets = [("Test", results.get("test")), ("Validation", results.get("validation"))]
+    extra = results.get("extra")
+    if isinstance(extra, dict):
+        sets += [(f"“{name}” (extra set)", metrics) for name, metrics in extra.items()]
+    rows: list[tuple[str, str]] = []
+    for name, metrics in sets:
+        if not isinstance(metrics, dict):
+            continue
+        scores = "  ".join(
+            f"{label} {format_float(metrics.get(key))}"
+            for key, label in TASK_SCORES[str(results["task"])]
+        )
+        rows.append((f"{name} ({format_int(metrics.get('n'))} examples)", scores))
+    return rows
+
+
 def summary_rows(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The (name, formatted value) rows of the summary table of one run."""
     test = _metrics_dict(results.get("test"))
     validation = _metrics_dict(results.get("validation"))
     rows: list[tuple[str, str]] = []
-    if test is not None:
+    other_task = results.get("task") in TASK_SCORES
+    if other_task:
+        rows += task_rows(results)
+    elif test is not None:
         rows.append(("Test accuracy", format_pct(test.get("accuracy"))))
         rows.append(("Test macro-F1", format_pct(test.get("macro_f1"))))
         if as_number(test.get("loss")) is not None:
@@ -62,12 +95,12 @@ def summary_rows(results: Mapping[str, Any]) -> list[tuple[str, str]]:
             rows.append(("Test examples", format_int(test.get("n"))))
     else:
         rows.append(("Test accuracy", "– (no test set)"))
-    if validation is not None:
+    if validation is not None and not other_task:
         suffix = f" (best epoch {results['best_epoch']})" if "best_epoch" in results else ""
         rows.append((f"Validation accuracy{suffix}", format_pct(validation.get("accuracy"))))
         rows.append((f"Validation macro-F1{suffix}", format_pct(validation.get("macro_f1"))))
     extra = results.get("extra")
-    if isinstance(extra, dict):
+    if isinstance(extra, dict) and not other_task:
         for name, metrics in extra.items():
             metrics = _metrics_dict(metrics)
             if metrics is not None:

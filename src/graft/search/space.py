@@ -8,7 +8,8 @@ into a :class:`SearchSpec`, strictly (unknown keys refused, every error names it
     search:
       n_trials: 20
       timeout: 15m          # wall-time budget of one `graft search` invocation
-      metric: val_accuracy  # val_accuracy | val_macro_f1 (maximised) or val_loss (minimised)
+      metric: val_accuracy  # val_accuracy | val_macro_f1 (maximised) or val_loss (minimised);
+                            # regression: val_rmse | val_mae (minimised), val_r2 | val_spearman
       sampler: tpe          # grid | random | tpe | cmaes, or {name: tpe, n_startup_trials: 5}
       pruner: median        # none | median | successive_halving | hyperband, or a mapping
       seed: 0
@@ -43,6 +44,19 @@ METRICS: dict[str, Literal["minimize", "maximize"]] = {
     "val_accuracy": "maximize",
     "val_macro_f1": "maximize",
     "val_loss": "minimize",
+    "val_rmse": "minimize",  # regression (task: regression)
+    "val_mae": "minimize",
+    "val_r2": "maximize",
+    "val_spearman": "maximize",
+    "val_map": "maximize",  # multi-label (task: multilabel)
+    "val_micro_f1": "maximize",
+    "val_subset_accuracy": "maximize",
+}
+#: The search metrics each task's epochs record (val_loss: every task).
+TASK_SEARCH_METRICS = {
+    "classification": ("val_accuracy", "val_macro_f1", "val_loss"),
+    "regression": ("val_rmse", "val_mae", "val_r2", "val_spearman", "val_loss"),
+    "multilabel": ("val_map", "val_micro_f1", "val_macro_f1", "val_subset_accuracy", "val_loss"),
 }
 
 
@@ -201,7 +215,18 @@ class SearchSpec(_Strict):
     space: dict[str, Param] = Field(min_length=1)
     n_trials: int | None = Field(None, gt=0, description="total over all workers and resumes")
     timeout: float | None = Field(None, description="seconds (or 15m, 1h) per invocation")
-    metric: Literal["val_accuracy", "val_macro_f1", "val_loss"] = "val_accuracy"
+    metric: Literal[
+        "val_accuracy",
+        "val_macro_f1",
+        "val_loss",
+        "val_rmse",
+        "val_mae",
+        "val_r2",
+        "val_spearman",
+        "val_map",
+        "val_micro_f1",
+        "val_subset_accuracy",
+    ] = Field("val_accuracy", description="defaults: regression val_rmse, multilabel val_map")
     sampler: SamplerConfig = Field(default_factory=lambda: TPESamplerConfig(name="tpe"))
     pruner: PrunerConfig = Field(default_factory=lambda: MedianPrunerConfig(name="median"))
     seed: int = 0
@@ -439,7 +464,14 @@ def split_search(data: dict[str, Any], origin: str) -> tuple[dict[str, Any], Sea
             hint="add a search: section with a space (see README, `graft search`)",
         )
     spec = parse_search(raw, origin)
-    validate(base, origin=origin)
+    task = validate(base, origin=origin).task
+    if task != "classification" and "metric" not in spec.model_fields_set:
+        spec.metric = TASK_SEARCH_METRICS[task][0]  # type: ignore[assignment]
+    if spec.metric not in TASK_SEARCH_METRICS[task]:
+        raise UsageError(
+            f"{origin}: search.metric: {spec.metric} is not recorded for task {task}",
+            hint=f"use one of {', '.join(TASK_SEARCH_METRICS[task])}",
+        )
     check_against_config(spec, base, origin)
     return base, spec
 

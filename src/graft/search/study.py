@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graft.config import apply_override, read_yaml
+from graft.config import apply_override
 from graft.console import RunLog
 from graft.errors import UsageError
 from graft.search.space import SearchSpec, grid_size, grid_values, split_search
+from graft.yaml_file import read_yaml
 
 # The files of a search directory, beside one trial-NNNN/ run directory per trial.
 STUDY_DB = "study.db"

@@ -101,7 +101,8 @@ class _Reporter:
 def _metrics_subset(m: Mapping[str, Any] | None) -> dict[str, float] | None:
     if not m:
         return None
-    return {k: float(m[k]) for k in ("accuracy", "macro_f1", "loss") if k in m}
+    keys = ("accuracy", "macro_f1", "rmse", "mae", "r2", "spearman", "map", "micro_f1", "loss")
+    return {k: float(m[k]) for k in keys if k in m and m[k] is not None}
 
 
 def _tidy_run_dir(run_dir: Path) -> None:

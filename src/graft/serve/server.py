@@ -204,10 +204,12 @@ def _serve_one(settings: ServeSettings, sock: socket.socket) -> int:
 def _serve_workers(settings: ServeSettings) -> int:
     from uvicorn.supervisors import Multiprocess
 
+    from graft.artifact import require_classifier
     from graft.deploy.variants import load_predictor
     from graft.serve.monitoring import MULTIPROCESS_ENV
 
-    load_predictor(settings.model, settings.backend)  # a broken model fails here, once
+    # A broken model fails here, once.
+    require_classifier(load_predictor(settings.model, settings.backend), "graft serve")
     sock = bind(settings.host, settings.port)
     metrics_dir = tempfile.mkdtemp(prefix="graft-serve-metrics-")
     os.environ[SETTINGS_ENV] = settings.to_json()

@@ -112,6 +112,7 @@ class ServerState:
 
 def load_engine(settings: ServeSettings) -> Engine:
     """Load the model, to compute with the worker's threads, on its device and precision."""
+    from graft.artifact import require_classifier
     from graft.deploy.variants import inference_precision, load_predictor, resolve_variant
     from graft.runtime import keep_freed_memory, set_threads
     from graft.serve.engine import model_id
@@ -123,6 +124,7 @@ def load_engine(settings: ServeSettings) -> Engine:
     keep_freed_memory()
     folder, backend = resolve_variant(settings.model, settings.backend)
     predictor = load_predictor(folder, settings.backend, threads=threads)
+    require_classifier(predictor, "graft serve")
     device, precision = inference_precision(predictor, backend, settings.device, settings.precision)
     return Engine(
         predictor,
