@@ -44,7 +44,10 @@ def load_splits(data: DataConfig, task: str = "classification") -> Splits:
     """Read every set the config names and split/subsample them (seeded, stratified); a
     ``regression`` reads the labels as numbers."""
     for field, source in _named_sources(data):
-        kind = get_dataset(source).task
+        try:
+            kind = get_dataset(source).task
+        except UsageError as e:  # an unknown name: say which config field holds it
+            raise UsageError(f"{field}: {e.message}", hint=e.hint) from None
         if kind != task:
             raise UsageError(
                 f"{field}: {source!r} is a {kind} dataset, but the config's task is {task}",
