@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from graft.atomic import atomic_write, atomic_write_text
+from graft.data.memory import to_examples, unlabeled_examples
 from graft.data.targets import Standardizer
 from graft.data.types import Examples, LabelMap
 from graft.errors import DataError, GraftError, UsageError
@@ -148,6 +149,11 @@ class Predictor(ABC):
                     hint=f"give {self.modality} data, or a {inputs.modality} model",
                 )
             return inputs
+        held = not isinstance(inputs, str | Path | Sequence)  # an array, a DataFrame, ...
+        if held or (
+            self.modality == "image" and not all(isinstance(x, str | Path) for x in inputs)
+        ):
+            return unlabeled_examples(inputs, "inputs", self.modality)  # images held in memory
         if isinstance(inputs, str | Path) or not isinstance(inputs, Sequence):
             raise UsageError(
                 "predict takes a list of inputs (texts or image paths) or Examples, "
@@ -167,14 +173,12 @@ class Predictor(ABC):
             return Examples("text", texts, ["?"] * len(texts), "inputs")
         return Examples("image", [Path(x) for x in items], ["?"] * len(items), "inputs")
 
-    def evaluate(self, examples: Examples, batch_size: int = 64) -> dict[str, Any]:
+    def evaluate(self, examples: Examples | Any, batch_size: int = 64) -> dict[str, Any]:
         """The task's metrics on labeled examples (labels must be among the model's classes;
-        a regression's must be numbers)."""
-        if not isinstance(examples, Examples):
-            raise UsageError(
-                f"evaluate takes labeled Examples, not {type(examples).__name__}",
-                hint="e.g. graft.data.load_examples(path=...)",
-            )
+        a regression's must be numbers): :class:`Examples`, or data held in memory as
+        ``graft.fit(train=...)`` takes it."""
+        if not isinstance(examples, Examples):  # a DataFrame, (images, labels), a Dataset ...
+            examples = to_examples(examples, "evaluate")
         examples = self.examples(examples)  # of this model's kind
         task = self.task
         targets = task.targets(examples)
@@ -183,9 +187,10 @@ class Predictor(ABC):
         return task.metrics(logits, targets, loss)
 
     def predict(
-        self, examples: Examples | Sequence[str | Path], precision: Precision = "fp32"
+        self, examples: Examples | Sequence[str | Path] | Any, precision: Precision = "fp32"
     ) -> list[dict[str, Any]]:
-        """Per input (texts or image paths, or :class:`Examples`): the predicted label, its
+        """Per input (texts or image paths, images held in memory: an array N×H×W[×C], a
+        DataFrame's "text" or "image" column, or :class:`Examples`): the predicted label, its
         probability, and all class probabilities; computed under ``precision``. A regression
         model's: ``{"value": number}`` in the targets' units."""
         task = self.task

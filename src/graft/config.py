@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
+from functools import partial
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -25,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from graft.config_errors import MOVED_KEYS as MOVED_KEYS  # re-exported: tests list them
+from graft.config_errors import format_errors, moved_keys
 from graft.errors import UsageError
 from graft.yaml_file import read_yaml
 
@@ -51,6 +55,10 @@ class _Strict(BaseModel):
         return value
 
 
+_unset = partial(operator.is_, None)
+_HF = "a Hugging Face dataset: a saved folder (load_from_disk) or a hub name (load_dataset)"
+
+
 class SourceConfig(_Strict):
     """Where one set of labeled examples comes from: a named real dataset, or a file/folder."""
 
@@ -65,12 +73,17 @@ class SourceConfig(_Strict):
     delimiter: str | None = Field(
         None, min_length=1, max_length=1, description="CSV: the separator (default: detected)"
     )
+    # Unset, these stay out of the dump (and so of the hash of every config older than them).
+    hf_dataset: str | None = Field(None, min_length=1, exclude_if=_unset, description=_HF)
+    image_column: str | None = Field(None, min_length=1, exclude_if=_unset)  # default: image
+    memory: str | None = Field(None, min_length=1, exclude_if=_unset)  # set by fit(train=...)
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceConfig:
-        if (self.dataset is None) == (self.path is None):
+        if sum(x is not None for x in (self.dataset, self.path, self.hf_dataset, self.memory)) != 1:
             raise ValueError(
-                "give exactly one of `dataset` (a named set) or `path` (a file/folder)"
+                "give exactly one of `dataset` (a named set), `path` (a file/folder) or "
+                "`hf_dataset` (a Hugging Face dataset)"
             )
         return self
 
@@ -400,6 +413,7 @@ class OutputConfig(_Strict):
     tensorboard: bool = Field(
         False, description="TensorBoard event files in RUN_DIR/tensorboard (graftkit[tensorboard])"
     )
+    mlflow: bool | str = Field(False, description="MLflow: true (a store in ./mlruns) or a URI")
 
     @field_validator("tensorboard")
     @classmethod
@@ -496,51 +510,14 @@ def set_dotted(
         node[last] = value
 
 
-def _format_errors(err: ValidationError, origin: str) -> str:
-    lines = []
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif "input" in e and not isinstance(e["input"], dict):
-            got = repr(e["input"])  # cut: a value may be a whole pasted file
-            msg = f"{msg} (got {got if len(got) <= 80 else got[:80] + f'... ({len(got):,} chars)'})"
-        lines.append(f"  {field}: {msg}")
-    return f"{origin}: invalid config\n" + "\n".join(lines)
-
-
-# Keys that moved to a section of their own; an old config gets an error naming the new place.
-MOVED_KEYS = {
-    "train.device": "hardware.device",
-    "train.threads": "hardware.threads",
-    "train.num_workers": "hardware.num_workers",
-    "train.channels_last": "hardware.channels_last",
-    "train.checkpoint_every": "checkpoint.every",
-    "train.checkpoint_minutes": "checkpoint.minutes",
-    "train.keep_checkpoint": "checkpoint.keep",
-    "train.progress": "output.progress",
-    "train.tensorboard": "output.tensorboard",
-}
-
-
-def _moved(data: dict[str, Any]) -> list[str]:
-    found = []
-    for old, new in MOVED_KEYS.items():
-        section, key = old.split(".")
-        if isinstance(data.get(section), dict) and key in data[section]:
-            found.append(f"  {old}: moved to {new}")
-    return found
-
-
 def validate(data: dict[str, Any], origin: str = "config") -> RunConfig:
     """Validate a config mapping; errors name each bad field."""
-    if moved := _moved(data):
+    if moved := moved_keys(data):
         raise UsageError(f"{origin}: invalid config\n" + "\n".join(moved))
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise UsageError(_format_errors(e, origin)) from None
+        raise UsageError(format_errors(e, origin)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -75,10 +75,11 @@ class RunLog:
 
 class EpochProgress:
     """A progress bar over one epoch's batches: loss, throughput and ETA. Silent when the output
-    is not a terminal (CI logs get one line per epoch from the run log instead)."""
+    is neither a terminal nor a Jupyter notebook (CI logs get one line per epoch from the run
+    log instead); in a notebook, rich draws it as a widget (ipywidgets)."""
 
     def __init__(self, console: Console, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled and (sys.stderr.isatty() or console.is_jupyter)
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),

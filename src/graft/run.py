@@ -8,7 +8,6 @@ loop's hooks are :class:`graft.recorder.Recorder`; what a resume checks is :mod:
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
@@ -24,8 +23,9 @@ from safetensors.torch import load_file as safetensors_load
 from graft.artifact import save_model
 from graft.atomic import atomic_write_text, check_writable_dir, saving
 from graft.checkpoint import config_hash, data_fingerprint
-from graft.config import RunConfig, apply_override, dump_config, load_config, validate
+from graft.config import RunConfig, dump_config
 from graft.console import RunLog
+from graft.data.memory import supplied
 from graft.data.types import Examples
 from graft.distributed import (
     PeerLost,
@@ -36,9 +36,11 @@ from graft.distributed import (
     start,
     stop,
 )
-from graft.errors import DataError, TrainingDiverged, UsageError
+from graft.errors import DataError, TrainingDiverged
 from graft.features.body import compute_features, head_only
+from graft.inmemory import config_with_data, convert, given_data
 from graft.metrics import summary_line
+from graft.notebook import InlineReport, fit_html, history_frame
 from graft.pipeline import same_batches
 from graft.prepare import Prepared, prepare
 from graft.recorder import Recorder
@@ -57,6 +59,7 @@ from graft.rundir import (
     LOG,
     METRICS,
     MODEL_DIR,
+    REPORT,
     RESULTS,
     RUN_META,
     STEPS,
@@ -74,6 +77,7 @@ from graft.runtime import (
 )
 from graft.safe_load import weights_only_loading
 from graft.tasks import MultiLabel
+from graft.tracking import tracked, tracker
 from graft.train import TrainState, evaluate, train
 
 
@@ -92,6 +96,18 @@ class FitResult:
     def test_accuracy(self) -> float | None:
         test = self.results.get("test")
         return None if test is None or "accuracy" not in test else float(test["accuracy"])
+
+    @property
+    def history(self) -> Any:
+        """The per-epoch metrics as a pandas DataFrame, one row per epoch."""
+        return history_frame(self.run_dir)
+
+    def report(self) -> InlineReport:
+        """The run's HTML report, shown inline in a notebook."""
+        return InlineReport(self.run_dir / REPORT)
+
+    def _repr_html_(self) -> str:  # Jupyter shows a result as this compact summary
+        return fit_html(self.run_dir, self.results)
 
 
 def _write_run_meta(run_dir: Path, config: RunConfig, digests: tuple[str, str]) -> None:
@@ -120,11 +136,21 @@ def fit(
     force: bool = False,
     quiet: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    train: Any = None,
+    validation: Any = None,
+    test: Any = None,
+    extra_eval: Mapping[str, Any] | None = None,
+    target_unlabeled: Any = None,
+    target_labeled: Any = None,
 ) -> FitResult:
     """Fine-tune as the config says; return the run directory and results.
 
     ``config`` is a :class:`RunConfig`, a mapping of config sections, or a YAML path; dotted
-    ``overrides`` apply to any of them. ``resume``:
+    ``overrides`` apply to any of them. ``train``, ``validation``, ``test``, ``extra_eval``
+    (a mapping of names to sets) and the ``target_*`` sets take data held in memory in place
+    of the config's sources: a pandas DataFrame, ``(inputs, labels)`` arrays or lists, a list of
+    ``(input, label)`` pairs, a Hugging Face ``Dataset`` (a ``DatasetDict`` as ``train``: its
+    splits by name) or a torch ``Dataset`` (:mod:`graft.inmemory`). ``resume``:
     ``True`` continues the newest unfinished run with the same config, a path continues that run;
     a different config or different data is refused unless ``force``.
     ``on_epoch(record)`` is called after each epoch's checkpoint with that epoch's metrics
@@ -135,15 +161,31 @@ def fit(
     :class:`~graft.errors.TrainingDiverged` on a NaN/Inf loss (the last good checkpoint kept),
     :class:`~graft.errors.SaveError` when a file cannot be written.
     """
-    config = _as_config(config, overrides)
-    with weights_only_loading(), deterministic_mode(config.train.deterministic):
+    given = given_data(
+        extra_eval,
+        train=train,
+        validation=validation,
+        test=test,
+        target_unlabeled=target_unlabeled,
+        target_labeled=target_labeled,
+    )
+    config = config_with_data(config, overrides, given)
+    in_memory = supplied(convert(config, given))  # converted once, checked before any file
+    with in_memory, weights_only_loading(), deterministic_mode(config.train.deterministic):
         ranks = ranks_from_environment()
+        name = config.output.name or f"{config.backbone.name}-{config.strategy.name}"
+        track = tracker(config.output.mlflow, config.to_dict(), name)  # None when off
         if ranks is None:
-            return _fit(config, resume, force, quiet, on_epoch)
+            return tracked(track, lambda then: _fit(config, resume, force, quiet, then), on_epoch)
         # Started by torchrun (graft fit --nproc N): one rank of a data-parallel run.
         start(ranks, select_device(config.hardware.device))
         try:
-            return _fit(config, resume, force, quiet or not ranks.main, on_epoch)
+            quiet = quiet or not ranks.main
+            return tracked(
+                track if ranks.main else None,
+                lambda then: _fit(config, resume, force, quiet, then),
+                on_epoch,
+            )
         except dist.DistError as e:
             raise PeerLost(
                 f"rank {ranks.rank}: another rank of this job stopped or cannot be reached "
@@ -153,27 +195,6 @@ def fit(
             ) from None
         finally:
             stop()
-
-
-def _as_config(
-    config: RunConfig | Mapping[str, Any] | str | Path, overrides: list[str] | tuple[str, ...]
-) -> RunConfig:
-    """A validated config from what ``fit`` was given. A :class:`RunConfig` is validated again:
-    a copy changed with ``model_copy(update=...)`` skips pydantic's checks."""
-    if isinstance(config, str | Path):
-        return load_config(config, overrides)
-    if isinstance(config, RunConfig):
-        data: dict[str, Any] = config.to_dict()
-    elif isinstance(config, Mapping):
-        data = copy.deepcopy(dict(config))
-    else:
-        raise UsageError(
-            f"fit takes a RunConfig, a mapping or a YAML path, not {type(config).__name__}",
-            hint='e.g. graft.fit("configs/vader_minilm.yaml") or graft.load_config(...)',
-        )
-    for override in overrides:
-        apply_override(data, override)
-    return validate(data)
 
 
 def _fit(

@@ -12,6 +12,8 @@ import numpy as np
 from graft.adapt.setup import unlabeled_target
 from graft.config import DataConfig, DistillConfig, RunConfig, SourceConfig
 from graft.data import Splits, get_dataset, load_examples, make_splits
+from graft.data.hf import read_hf_dataset
+from graft.data.memory import supplied_examples
 from graft.data.types import Examples
 from graft.distill import join_examples
 from graft.distributed import active
@@ -20,6 +22,18 @@ from graft.errors import DataError, UsageError
 
 def examples_of(source: SourceConfig, field: str) -> Examples:
     """The examples a config source names; an error names the config ``field``."""
+    if source.memory is not None:  # given to graft.fit(train=...), converted there
+        return supplied_examples(source.memory, field)
+    file_options = {"format": source.format, "labels_path": source.labels_path}
+    if source.hf_dataset is not None:
+        if wrong := [k for k, v in {**file_options, "delimiter": source.delimiter}.items() if v]:
+            raise UsageError(f"{field}.{wrong[0]}: applies to data files, not to hf_dataset")
+        columns = source.model_dump(include={"split", "text_column", "label_column"})
+        return read_hf_dataset(
+            source.hf_dataset, image_column=source.image_column, field=field, **columns
+        )
+    if source.image_column is not None:
+        raise UsageError(f"{field}.image_column: applies to hf_dataset and in-memory tables")
     try:
         return load_examples(**source.model_dump())
     except UsageError as e:  # an unknown dataset name, ...: say which config field holds it
@@ -30,7 +44,10 @@ def load_splits(data: DataConfig, task: str = "classification") -> Splits:
     """Read every set the config names and split/subsample them (seeded, stratified); a
     ``regression`` reads the labels as numbers."""
     for field, source in _named_sources(data):
-        kind = get_dataset(source).task
+        try:
+            kind = get_dataset(source).task
+        except UsageError as e:  # an unknown name: say which config field holds it
+            raise UsageError(f"{field}: {e.message}", hint=e.hint) from None
         if kind != task:
             raise UsageError(
                 f"{field}: {source!r} is a {kind} dataset, but the config's task is {task}",

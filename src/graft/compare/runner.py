@@ -68,8 +68,12 @@ from graft.compare.stats import (
 from graft.compare.workers import WorkerPlan, run_workers
 from graft.console import RunLog
 from graft.errors import UsageError
+from graft.inmemory import given_data
+from graft.memory_files import with_files, write_files
+from graft.notebook import InlineReport, compare_html, table_frame
 from graft.rundir import LOG, REPORT, run_state
 from graft.search.study import open_storage
+from graft.tracking import parent_run
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -86,6 +90,18 @@ class CompareResult:
     report: Path | None
     ran: int  # runs trained (or continued) by this call
     skipped: int  # finished before this call
+
+    @property
+    def leaderboard(self) -> Any:
+        """The summary table (one row per strategy) as a pandas DataFrame."""
+        return table_frame(*summary_table(self.summary))
+
+    def report_inline(self) -> InlineReport | None:
+        """The compare's HTML report, shown inline in a notebook."""
+        return None if self.report is None else InlineReport(self.report)
+
+    def _repr_html_(self) -> str:  # Jupyter shows a result as its leaderboard
+        return compare_html(self.compare_dir, *summary_table(self.summary))
 
 
 def _fmt_stat(s: Stat, pct: bool = True) -> str:
@@ -251,8 +267,16 @@ def run_compare(
     workers: int = 1,
     storage: str | None = None,
     join: bool = False,
+    train: Any = None,
+    validation: Any = None,
+    test: Any = None,
+    extra_eval: Mapping[str, Any] | None = None,
 ) -> CompareResult:
     """Plan every strategy × seed, run those not finished yet, summarize, write the report.
+
+    ``train``, ``validation``, ``test`` and ``extra_eval`` take data held in memory, as
+    :func:`graft.fit` does; it is written into the compare directory (texts as JSON Lines,
+    image arrays as IDX files) and the runs read it from there (:mod:`graft.memory_files`).
 
     ``base`` is the run config mapping (without ``compare:``). ``resume=True`` insists that the
     compare directory already exists; without it an existing directory of the same spec is
@@ -268,6 +292,8 @@ def run_compare(
     log = RunLog(quiet=quiet)
     compare_dir = compare_dir_for(base, spec, default_name)
     check_writable_dir(compare_dir, "output.dir")
+    given = given_data(extra_eval, train=train, validation=validation, test=test)
+    base, data_files = with_files(base, given, compare_dir) if given else (base, {})
     runs = plan_runs(base, spec, compare_dir, source)  # every config checked before any run
     content = manifest(spec, runs, source)
     if join and not (compare_dir / MANIFEST).is_file():
@@ -279,6 +305,7 @@ def run_compare(
     if storage is not None:
         open_storage(storage)  # a bad URL is refused before the compare directory exists
     resumed = open_compare_dir(compare_dir, content, resume or join)
+    write_files(data_files)
     log.attach(compare_dir / LOG)
     states = {r.name: run_state(r.run_dir) for r in runs}
     done = sum(s == "done" for s in states.values())
@@ -291,31 +318,34 @@ def run_compare(
         + (f"; joining, {done} finished" if join else "")
         + (f"; {workers} workers, {threads} threads each" if threads else "")
     )
-    if workers > 1 or storage is not None:
-        plan = WorkerPlan(
-            compare_dir=compare_dir,
-            runs=runs,
-            spec_hash=content["spec_hash"],
-            storage_url=storage,
-            join=join,
-            workers=workers,
-            threads=threads,
-            isolate=isolate,
-            verbose=verbose,
-        )
-        if storage is not None:
-            log(f"runs claimed through {plan.where}")
-        ran = run_workers(plan, log)
-        if join:
-            return CompareResult(compare_dir, [], [], None, ran, 0)
-    else:
-        ran = 0
-        for i, run in enumerate(runs, start=1):
-            position = f"[{i}/{len(runs)}]"
-            record = run_one(
-                run, compare_dir, log=log, position=position, isolate=isolate, verbose=verbose
+    # With output.mlflow, every run of the compare is nested under one parent MLflow run.
+    mlflow = (base.get("output") or {}).get("mlflow", False)
+    with parent_run(mlflow, compare_dir.name, base):
+        if workers > 1 or storage is not None:
+            plan = WorkerPlan(
+                compare_dir=compare_dir,
+                runs=runs,
+                spec_hash=content["spec_hash"],
+                storage_url=storage,
+                join=join,
+                workers=workers,
+                threads=threads,
+                isolate=isolate,
+                verbose=verbose,
             )
-            ran += record is not None
+            if storage is not None:
+                log(f"runs claimed through {plan.where}")
+            ran = run_workers(plan, log)
+            if join:
+                return CompareResult(compare_dir, [], [], None, ran, 0)
+        else:
+            ran = 0
+            for i, run in enumerate(runs, start=1):
+                position = f"[{i}/{len(runs)}]"
+                record = run_one(
+                    run, compare_dir, log=log, position=position, isolate=isolate, verbose=verbose
+                )
+                ran += record is not None
     isolated = isolation_record(compare_dir)
     records = [load_record(r, isolated.get(r.name, True)) for r in runs]
     rows = summarize(records)

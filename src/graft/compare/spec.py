@@ -261,6 +261,8 @@ def plan_runs(
                     )
             data.setdefault("train", {})["seed"] = seed
             data["output"] = {"dir": str(compare_dir), "name": f"{entry.key}-seed{seed}"}
+            if mlflow := (base.get("output") or {}).get("mlflow"):  # each run tracked, nested
+                data["output"]["mlflow"] = mlflow
             config = validate(data, origin=f"{origin} (compare.strategies[{i}], seed {seed})")
             runs.append(PlannedRun(entry.key, entry.name, seed, config, run_config_hash(config)))
     return runs

@@ -117,6 +117,11 @@ def _decode(source: Path | io.BytesIO, origin: str, max_pixels: int) -> np.ndarr
     return arr
 
 
+def pil_to_array(im: Image.Image) -> np.ndarray:
+    """A PIL image held in memory as the ``uint8`` array a file of it decodes to."""
+    return _convert(im)
+
+
 def _convert(im: Image.Image) -> np.ndarray:
     mode = im.mode
     if mode == "L":

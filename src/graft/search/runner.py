@@ -36,14 +36,18 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from graft.atomic import atomic_write_text, check_writable_dir
+from graft.config import apply_override, read_yaml
 from graft.console import RunLog
 from graft.errors import GraftError, UsageError
-from graft.search.space import grid_size
+from graft.inmemory import given_data
+from graft.memory_files import with_files, write_files
+from graft.search.space import grid_size, split_search
 from graft.search.study import (
     BEST_CONFIG,
     LOG,
@@ -61,6 +65,7 @@ from graft.search.study import (
 )
 from graft.search.summary import summarize, write_outputs
 from graft.search.worker import run_workers
+from graft.tracking import parent_run
 
 
 @dataclass
@@ -89,20 +94,27 @@ def search(
     timeout: float | None = None,
     quiet: bool = False,
     fit_fn: FitFn | None = None,
+    train: Any = None,
+    validation: Any = None,
+    test: Any = None,
+    extra_eval: Mapping[str, Any] | None = None,
 ) -> SearchResult:
     """Run (or continue) a hyperparameter search as the config's ``search:`` section says.
 
     ``n_trials``/``timeout`` (seconds) override the section's. Writes ``study.db`` (unless
     ``storage`` names another database), one ``trial-NNNN/`` run directory per trial,
     ``search.log``, ``search.json``, ``best_config.yaml`` and ``report.html`` into
-    ``<output.dir>/search-<study name>/``.
+    ``<output.dir>/search-<study name>/``. ``train``, ``validation``, ``test`` and
+    ``extra_eval`` take data held in memory, as :func:`graft.fit` does: written once into the
+    search directory (:mod:`graft.memory_files`), where every trial reads it.
     """
     if workers < 1:
         raise UsageError("--workers must be at least 1")
     if resume and join:
         raise UsageError("give --resume or --join, not both")
     started = time.time()
-    base, spec = load_search_config(config, overrides)
+    given = given_data(extra_eval, train=train, validation=validation, test=test)
+    base, spec, data_files = _search_config(config, overrides, study_name, given)
     updates: dict[str, Any] = {}
     if n_trials is not None:
         updates["n_trials"] = n_trials
@@ -117,6 +129,7 @@ def search(
         open_storage(storage)  # a bad URL is refused before the search directory exists
     created = not search_dir.exists()
     search_dir.mkdir(parents=True, exist_ok=True)
+    write_files(data_files)
     cores = os.cpu_count() or 1
     setup = SearchSetup(
         base=base,
@@ -143,11 +156,31 @@ def search(
     if mode == "new":
         atomic_write_text(search_dir / SEARCH_YAML, Path(config).read_text(encoding="utf-8"))
     _log_start(log, setup, study)
-    run_workers(setup)
+    # With output.mlflow, every trial's run is nested under one parent MLflow run.
+    with parent_run((base.get("output") or {}).get("mlflow", False), search_dir.name, base):
+        run_workers(setup)
     summary = summarize(study, setup)
     summary["wall_time_s"] = time.time() - started
     write_outputs(study, setup, summary, log)
     return SearchResult(search_dir, summary)
+
+
+def _search_config(
+    config: str | Path, overrides: Sequence[str], study_name: str | None, given: Mapping[str, Any]
+) -> tuple[dict[str, Any], Any, dict[Path, bytes]]:
+    """(base config, spec, data files to write): with in-memory data, the base config's sources
+    are the files it is written to in the search directory."""
+    if not given:
+        return (*load_search_config(config, list(overrides)), {})
+    data = read_yaml(config)
+    for override in overrides:
+        apply_override(data, override)
+    block = data.pop("search", None)
+    out = Path((data.get("output") or {}).get("dir") or "runs")
+    search_dir = out / f"search-{study_name or Path(config).stem}"
+    data, files = with_files(data, given, search_dir)
+    base, spec = split_search({**data, "search": block}, str(config))
+    return base, spec, files
 
 
 def _log_start(log: RunLog, setup: SearchSetup, study: Any) -> None:
