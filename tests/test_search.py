@@ -344,6 +344,10 @@ def sigkill_a_search_in_its_third_trial(path: Path, calls: Path) -> None:
         assert proc.poll() is None, f"the search ended first (exit {proc.returncode})"
         assert time.monotonic() < deadline, "the search did not reach its third trial"
         time.sleep(0.05)
+    # The third trial has started (its fit wrote its line; it sleeps 0.5 s). A moment more lets
+    # Optuna's heartbeat thread record the trial's first heartbeat: a worker killed before that
+    # leaves a trial no heartbeat can ever fail (Optuna's limit, not graft's).
+    time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
 

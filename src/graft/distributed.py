@@ -123,6 +123,14 @@ def start(ranks: Ranks, device: torch.device) -> None:
         torch.cuda.set_device(rank_device(device))
 
 
+def finish_together() -> None:
+    """Wait until every rank has finished its run, so that they leave the group together: a rank
+    tearing down its half of a gloo group while a peer still works can abort the process
+    ("terminate called without an active exception", seen once at the end of a run)."""
+    if _active is not None and dist.is_initialized():
+        dist.barrier()
+
+
 def stop() -> None:
     """Leave the process group (after a run, also a failed one)."""
     global _active

@@ -31,6 +31,7 @@ from graft.distributed import (
     PeerLost,
     active,
     check_same,
+    finish_together,
     from_main,
     ranks_from_environment,
     start,
@@ -181,11 +182,13 @@ def fit(
         start(ranks, select_device(config.hardware.device))
         try:
             quiet = quiet or not ranks.main
-            return tracked(
+            result = tracked(
                 track if ranks.main else None,
                 lambda then: _fit(config, resume, force, quiet, then),
                 on_epoch,
             )
+            finish_together()  # rank 0 writes for longer: the others wait, then all leave
+            return result
         except dist.DistError as e:
             raise PeerLost(
                 f"rank {ranks.rank}: another rank of this job stopped or cannot be reached "
