@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from graft.atomic import atomic_write_text
 from graft.reports.figures import figure_to_img_tag, new_figure, plain
 from graft.reports.html import Markup, format_duration, html_table, key_value_table, page
+from graft.search.space import TASK_SEARCH_METRICS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -152,11 +153,9 @@ def test_metric(summary: Mapping[str, Any]) -> str:
     """The test score a search shows beside each trial: accuracy, a regression's RMSE
     (``rmse``) or a multi-label model's micro-F1, after the search's own metric."""
     metric = str(summary.get("metric", ""))
-    if metric in ("val_rmse", "val_mae", "val_r2", "val_spearman"):
-        return "rmse"
-    if metric in ("val_map", "val_micro_f1", "val_subset_accuracy"):
-        return "micro_f1"
-    return "accuracy"
+    if metric in TASK_SEARCH_METRICS["classification"]:  # incl. val_loss, val_macro_f1
+        return "accuracy"
+    return "rmse" if metric in TASK_SEARCH_METRICS["regression"] else "micro_f1"
 
 
 def _leaderboard(summary: Mapping[str, Any]) -> str:
